@@ -1,0 +1,22 @@
+"""fusednn: fused GPU kernels (CUDA C++ and Triton) as autograd-aware PyTorch ops.
+
+* ``fusednn.ops``        functional ops (``fusednn.ops.lstm``, ``fusednn.ops.layer_norm``, ...)
+* ``fusednn.nn``         drop-in replacements for ``torch.nn`` modules
+* ``fusednn.reference``  plain-PyTorch references of every op
+* ``fusednn.use_backend`` force a kernel backend (see ``fusednn._runtime``)
+"""
+
+from . import _runtime
+from ._runtime import BACKENDS, use_backend
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What the compiled extension contains (backends, CUDA archs, compiler, torch)."""
+    return dict(_runtime.extension().build_info())
+
+
+from . import ops, nn, reference, testing  # noqa: E402  (ops register on import)
+
+__all__ = ["BACKENDS", "build_info", "nn", "ops", "reference", "testing", "use_backend", "__version__"]

@@ -1,0 +1,194 @@
+"""Runtime plumbing shared by every op: the compiled extension, backend selection,
+and output poisoning for tests.
+
+Backends
+--------
+``auto`` (default)  CUDA tensors: the op's fastest GPU kernel. CPU tensors: the C++
+                    kernel if the op has one, else its Triton kernel when
+                    ``TRITON_INTERPRET=1`` is set, else the plain-PyTorch reference.
+``cuda``            the C++/CUDA kernel (CUDA tensors only).
+``cpu``             the C++ CPU kernel (CPU tensors only).
+``triton``          the Triton kernel (CUDA tensors, or CPU tensors under
+                    ``TRITON_INTERPRET=1``).
+``reference``       the plain-PyTorch reference, on any device.
+
+Force one with ``with fusednn.use_backend(name):`` or the ``FUSEDNN_BACKEND``
+environment variable; forcing a backend that cannot serve the inputs raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+from typing import Iterator, Sequence
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
+KERNEL_BACKENDS = ("triton", "cuda", "cpu")
+
+# --------------------------------------------------------------------------- extension
+
+try:
+    from fusednn import _C  # noqa: F401  (importing registers the torch.ops.fusednn.* kernels)
+
+    _EXTENSION_ERROR: str | None = None
+except ImportError as exc:  # a source tree that was never built
+    _C = None
+    _EXTENSION_ERROR = (
+        f"fusednn._C could not be imported ({exc}); build it with "
+        "`pip install --no-build-isolation -e .`"
+    )
+
+
+def extension():
+    """The compiled module ``fusednn._C``; raises ImportError with the reason if it is missing."""
+    if _C is None:
+        raise ImportError(_EXTENSION_ERROR)
+    return _C
+
+
+def extension_has_cuda() -> bool:
+    return _C is not None and bool(_C.build_info()["cuda"])
+
+
+# --------------------------------------------------------------------------- triton
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run through the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_TRITON_ERROR: str | None = None
+
+
+def triton_available() -> bool:
+    global _TRITON_ERROR
+    if _TRITON_ERROR is None:
+        try:
+            importlib.import_module("triton")
+            _TRITON_ERROR = ""
+        except ImportError as exc:
+            _TRITON_ERROR = f"triton is not installed ({exc})"
+    return _TRITON_ERROR == ""
+
+
+# --------------------------------------------------------------------------- backend choice
+
+_BACKEND_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("fusednn_backend", default=None)
+
+
+def _check_backend_name(name: str, where: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{where}: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force the kernel backend of every fusednn op inside the block.
+
+    ``name`` is one of ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"``, ``"reference"``.
+    """
+    token = _BACKEND_OVERRIDE.set(_check_backend_name(name, "fusednn.use_backend(name)"))
+    try:
+        yield
+    finally:
+        _BACKEND_OVERRIDE.reset(token)
+
+
+def requested_backend() -> str:
+    """The backend asked for: ``use_backend`` if active, else ``FUSEDNN_BACKEND``, else ``auto``."""
+    override = _BACKEND_OVERRIDE.get()
+    if override is not None:
+        return override
+    return _check_backend_name(os.environ.get("FUSEDNN_BACKEND", "auto"), "environment variable FUSEDNN_BACKEND")
+
+
+def _why_not(backend: str, device: torch.device, kernels: Sequence[str]) -> str | None:
+    """None if ``backend`` can serve tensors on ``device``, else the reason it cannot."""
+    if backend == "reference":
+        return None
+    if backend not in kernels:
+        return f"the op has no {backend} kernel (it has: {', '.join(kernels) or 'none'})"
+    if backend == "triton":
+        if not triton_available():
+            return _TRITON_ERROR
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and interpreter_enabled():
+            return None
+        return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); got {device.type} tensors"
+    if _C is None:
+        return _EXTENSION_ERROR
+    if backend == "cpu":
+        return None if device.type == "cpu" else f"the cpu backend takes CPU tensors; got {device.type} tensors"
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend takes CUDA tensors; got {device.type} tensors"
+        if not extension_has_cuda():
+            return "fusednn._C was built without CUDA kernels (see `python -m fusednn info`)"
+        return None
+    raise AssertionError(backend)
+
+
+def select_backend(op: str, device: torch.device, kernels: Sequence[str]) -> str:
+    """Pick the backend that runs ``op`` on ``device``.
+
+    ``kernels`` lists the kernel backends the op has, fastest first for CUDA tensors
+    (e.g. ``("cuda", "cpu")`` or ``("triton",)``). Returns one of ``kernels`` or
+    ``"reference"``; raises NotImplementedError if a forced backend cannot serve.
+    """
+    requested = requested_backend()
+    if requested == "auto":
+        order = list(kernels)
+        if device.type == "cpu" and "cpu" in order:  # the native C++ kernel beats the interpreter
+            order.remove("cpu")
+            order.insert(0, "cpu")
+        for backend in order:
+            if _why_not(backend, device, kernels) is None:
+                return backend
+        return "reference"
+    reason = _why_not(requested, device, kernels)
+    if reason is not None:
+        raise NotImplementedError(f"fusednn.ops.{op}: backend {requested!r} cannot run here: {reason}")
+    return requested
+
+
+# --------------------------------------------------------------------------- poisoning
+
+_POISON = os.environ.get("FUSEDNN_POISON", "0") == "1"
+
+
+def poison_enabled() -> bool:
+    return _POISON
+
+
+def set_poison_outputs(enabled: bool) -> None:
+    """Fill freshly allocated floating-point outputs with NaN (Python and C++ ops)."""
+    global _POISON
+    _POISON = bool(enabled)
+    if _C is not None:
+        _C._set_poison_outputs(_POISON)
+
+
+if _POISON and _C is not None:
+    _C._set_poison_outputs(True)
+
+
+def empty(*size, **kwargs) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs: NaN-filled while poisoning is on."""
+    out = torch.empty(*size, **kwargs)
+    if _POISON and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+def empty_like(t: torch.Tensor, **kwargs) -> torch.Tensor:
+    out = torch.empty_like(t, **kwargs)
+    if _POISON and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out

@@ -1,0 +1,1 @@
+"""Full models built on fusednn layers, one flat file each."""

@@ -1,0 +1,6 @@
+"""Plain-PyTorch references of every fusednn op: short, readable, any dtype and device."""
+
+from .normalization import layer_norm, rms_norm
+from .recurrent import lstm, lstm_cell
+
+__all__ = ["layer_norm", "lstm", "lstm_cell", "rms_norm"]

@@ -1,0 +1,31 @@
+"""Test set-up: Triton's interpreter on machines without a GPU, NaN-poisoned kernel
+outputs for every test, fixed seeds, and the ``slow`` marker."""
+
+import os
+
+import torch
+
+# Must happen before any Triton kernel is defined: @triton.jit reads it at decoration time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fusednn  # noqa: E402
+from fusednn.testing import poison_outputs  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs_and_seed(request):
+    """Every test sees NaN in any output element a kernel fails to write, and its own seed."""
+    torch.manual_seed(hash(request.node.nodeid) % (2**31))
+    with poison_outputs():
+        yield
+
+
+def pytest_report_header(config):
+    info = fusednn.build_info()
+    return [
+        f"fusednn: backends {info['backends']}, torch {torch.__version__}, "
+        f"cuda available: {torch.cuda.is_available()}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"
+    ]
