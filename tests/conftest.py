@@ -29,3 +29,14 @@ def pytest_report_header(config):
         f"fusednn: backends {info['backends']}, torch {torch.__version__}, "
         f"cuda available: {torch.cuda.is_available()}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"
     ]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the register/spill report the nvcc compile check collected."""
+    from test_cuda_compile import COMPILE_REPORT
+
+    lines = config.stash.get(COMPILE_REPORT, [])
+    if lines:
+        terminalreporter.section("CUDA kernels: registers and spills (ptxas)")
+        for line in lines:
+            terminalreporter.write_line(line)

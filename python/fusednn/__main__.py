@@ -1,0 +1,97 @@
+"""Command line: ``python -m fusednn {info,check,bench}``.
+
+* ``info``   build info, device and versions.
+* ``check``  every op once against its reference on the present device; exit 1 on a failure.
+* ``bench``  time every op against its PyTorch baselines; JSON to bench/results/<device>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import torch
+
+
+def cmd_info(args) -> int:
+    import fusednn
+    from fusednn import _runtime
+
+    print(f"fusednn {fusednn.__version__}")
+    try:
+        info = fusednn.build_info()
+        print("build:")
+        for key, value in info.items():
+            print(f"  {key:<13} {value}")
+    except ImportError as exc:
+        print(f"build: extension missing: {exc}")
+    print("versions:")
+    print(f"  python        {platform.python_version()}")
+    print(f"  torch         {torch.__version__} (CUDA {torch.version.cuda})")
+    try:
+        import triton
+
+        print(f"  triton        {triton.__version__}")
+    except ImportError:
+        print("  triton        not installed")
+    try:
+        import numpy
+
+        print(f"  numpy         {numpy.__version__}")
+    except ImportError:
+        print("  numpy         not installed")
+    print("device:")
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        print(f"  cuda          {props.name}, sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
+              f"{props.total_memory / 2**30:.0f} GiB")
+    else:
+        print("  cuda          not available")
+    print(f"  cpu           {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print("backend:")
+    print(f"  requested     {_runtime.requested_backend()}")
+    print(f"  interpreter   TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from fusednn import check
+
+    device = torch.device(args.device) if args.device else None
+    results = check.run_checks(device)
+    check.print_results(results)
+    return 1 if any(r.status == "FAIL" for r in results) else 0
+
+
+def cmd_bench(args) -> int:
+    from fusednn.bench import runner
+
+    ops = [o for part in args.ops for o in part.split(",") if o] if args.ops else None
+    device = torch.device(args.device) if args.device else None
+    try:
+        runner.run(ops, quick=args.quick, out_dir=args.out, device=device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusednn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="build info, device, versions")
+    p_check = sub.add_parser("check", help="run every op once against its reference")
+    p_check.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p_bench = sub.add_parser("bench", help="time every op against its PyTorch baselines")
+    p_bench.add_argument("--ops", nargs="+", help="ops to time (default: all), e.g. --ops lstm layer_norm")
+    p_bench.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
+    p_bench.add_argument("--out", default=os.path.join("bench", "results"), help="results folder (default: %(default)s)")
+    p_bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args(argv)
+    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
