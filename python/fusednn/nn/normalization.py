@@ -1,3 +1,33 @@
-"""(being written)"""
-class LayerNorm: pass
-class RMSNorm: pass
+"""Drop-in ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm`` running the fused kernels.
+
+They subclass the torch modules, so constructor arguments, parameters (``weight``,
+``bias``), ``state_dict`` and ``extra_repr`` are torch's own; only ``forward`` changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fusednn import ops
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """``torch.nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+    device=None, dtype=None)`` computed by ``fusednn.ops.layer_norm``.
+
+    input: [..., *normalized_shape] -> output of the same shape and dtype.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True, device=None,
+    dtype=None)`` computed by ``fusednn.ops.rms_norm``.
+
+    input: [..., *normalized_shape] -> output of the same shape and dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.normalized_shape, self.weight, self.eps)

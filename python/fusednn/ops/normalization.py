@@ -1,3 +1,339 @@
-"""(being written)"""
-def layer_norm(*a, **k): raise NotImplementedError
-def rms_norm(*a, **k): raise NotImplementedError
+"""LayerNorm and RMSNorm: fused Triton kernels (``fusednn.kernels.normalization``) as
+autograd-aware ops with the semantics of ``torch.nn.functional.layer_norm`` / ``rms_norm``.
+
+Registered ops (all on 2-D inputs: the public functions flatten the leading dims into
+M rows and the ``normalized_shape`` dims into N columns):
+
+* ``fusednn::layer_norm_forward(Tensor x, Tensor? weight, Tensor? bias, float eps)
+  -> (Tensor y, Tensor mean, Tensor rstd)``
+* ``fusednn::layer_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor mean,
+  Tensor rstd, bool weight_grad, bool bias_grad) -> (Tensor grad_x, Tensor grad_weight,
+  Tensor grad_bias)``
+* ``fusednn::rms_norm_forward(Tensor x, Tensor? weight, float eps) -> (Tensor y, Tensor rstd)``
+* ``fusednn::rms_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor rstd,
+  bool weight_grad) -> (Tensor grad_x, Tensor grad_weight)``
+
+Gradients that are not requested come back as empty ``[0]`` tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from fusednn import _runtime
+from fusednn import reference as _reference
+from fusednn.kernels import normalization as _kernels
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- shared implementation
+
+
+def _unit_column_stride(t: Tensor) -> Tensor:
+    """The kernels take any row stride but need contiguous rows."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _stats_empty(x: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0],), dtype=_kernels.accumulator_dtype(x.dtype))
+
+
+def _norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, rms: bool):
+    x = _unit_column_stride(x)
+    n_rows, n_cols = x.shape
+    y = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    stat_dtype = _kernels.accumulator_dtype(x.dtype)
+    # Rows of zero width have no statistics; define them as mean 0, rstd 0.
+    allocate_stats = torch.zeros if n_cols == 0 else _runtime.empty
+    mean = None if rms else allocate_stats((n_rows,), dtype=stat_dtype, device=x.device)
+    rstd = allocate_stats((n_rows,), dtype=stat_dtype, device=x.device)
+    _kernels.norm_forward(
+        x,
+        weight.contiguous() if weight is not None else None,
+        bias.contiguous() if bias is not None else None,
+        eps,
+        rms=rms,
+        y=y,
+        mean=mean,
+        rstd=rstd,
+    )
+    return y, mean, rstd
+
+
+def _norm_backward(grad_y, x, weight, mean, rstd, rms, weight_grad, bias_grad):
+    if weight_grad and weight is None:
+        raise ValueError("weight_grad=True needs a weight")
+    x = _unit_column_stride(x)
+    grad_y = _unit_column_stride(grad_y)
+    grad_x = _runtime.empty(x.shape, dtype=x.dtype, device=x.device)
+    dweight, dbias = _kernels.norm_backward(
+        grad_y,
+        x,
+        weight.contiguous() if weight is not None else None,
+        mean,
+        rstd,
+        rms=rms,
+        grad_x=grad_x,
+        weight_grad=weight_grad,
+        bias_grad=bias_grad,
+    )
+    grad_weight = dweight.to(weight.dtype) if weight_grad else x.new_empty(0)
+    grad_bias = dbias.to(x.dtype) if bias_grad else x.new_empty(0)
+    return grad_x, grad_weight, grad_bias
+
+
+def _norm_backward_fake(x, weight, weight_grad, bias_grad):
+    grad_weight = weight.new_empty(weight.shape) if weight_grad else x.new_empty(0)
+    grad_bias = x.new_empty((x.shape[1],)) if bias_grad else x.new_empty(0)
+    return x.new_empty(x.shape), grad_weight, grad_bias
+
+
+# --------------------------------------------------------------------------- LayerNorm ops
+
+
+@torch.library.triton_op("fusednn::layer_norm_forward", mutates_args=())
+def layer_norm_forward(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm over the rows of x.
+
+    x: [M, N] float16/bfloat16/float32/float64; weight, bias: [N] of x's dtype or None.
+    Returns y [M, N] (x's dtype, contiguous), mean [M] and rstd [M] (float32; float64 for
+    float64 x), which the backward uses.
+    """
+    return _norm_forward(x, weight, bias, eps, rms=False)
+
+
+@layer_norm_forward.register_fake
+def _(x, weight, bias, eps):
+    return x.new_empty(x.shape), _stats_empty(x), _stats_empty(x)
+
+
+@torch.library.triton_op("fusednn::layer_norm_backward", mutates_args=())
+def layer_norm_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    weight_grad: bool,
+    bias_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of layer_norm_forward.
+
+    grad_y, x: [M, N]; weight: [N] or None; mean, rstd: [M] from the forward.
+    Returns grad_x [M, N], grad_weight [N] (``[0]`` unless weight_grad), grad_bias [N]
+    (``[0]`` unless bias_grad). Weight and bias gradients are reduced in float32.
+    """
+    return _norm_backward(grad_y, x, weight, mean, rstd, False, weight_grad, bias_grad)
+
+
+@layer_norm_backward.register_fake
+def _(grad_y, x, weight, mean, rstd, weight_grad, bias_grad):
+    return _norm_backward_fake(x, weight, weight_grad, bias_grad)
+
+
+def _layer_norm_setup_context(ctx, inputs, output):
+    x, weight, bias, _eps = inputs
+    _y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.has_bias = bias is not None
+
+
+def _layer_norm_autograd(ctx, grad_y, _grad_mean, _grad_rstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    weight_grad = needs_weight and weight is not None
+    bias_grad = needs_bias and ctx.has_bias
+    grad_x, grad_weight, grad_bias = torch.ops.fusednn.layer_norm_backward(
+        grad_y, x, weight, mean, rstd, weight_grad, bias_grad
+    )
+    return (
+        grad_x if needs_x else None,
+        grad_weight if weight_grad else None,
+        grad_bias if bias_grad else None,
+        None,
+    )
+
+
+layer_norm_forward.register_autograd(_layer_norm_autograd, setup_context=_layer_norm_setup_context)
+
+
+# --------------------------------------------------------------------------- RMSNorm ops
+
+
+@torch.library.triton_op("fusednn::rms_norm_forward", mutates_args=())
+def rms_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    """RMSNorm over the rows of x.
+
+    x: [M, N] float16/bfloat16/float32/float64; weight: [N] of x's dtype or None.
+    Returns y [M, N] (x's dtype, contiguous) and rstd [M] (float32; float64 for float64 x),
+    which the backward uses.
+    """
+    y, _mean, rstd = _norm_forward(x, weight, None, eps, rms=True)
+    return y, rstd
+
+
+@rms_norm_forward.register_fake
+def _(x, weight, eps):
+    return x.new_empty(x.shape), _stats_empty(x)
+
+
+@torch.library.triton_op("fusednn::rms_norm_backward", mutates_args=())
+def rms_norm_backward(
+    grad_y: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor, weight_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """Gradients of rms_norm_forward.
+
+    grad_y, x: [M, N]; weight: [N] or None; rstd: [M] from the forward.
+    Returns grad_x [M, N] and grad_weight [N] (``[0]`` unless weight_grad; reduced in float32).
+    """
+    grad_x, grad_weight, _ = _norm_backward(grad_y, x, weight, None, rstd, True, weight_grad, False)
+    return grad_x, grad_weight
+
+
+@rms_norm_backward.register_fake
+def _(grad_y, x, weight, rstd, weight_grad):
+    grad_x, grad_weight, _ = _norm_backward_fake(x, weight, weight_grad, False)
+    return grad_x, grad_weight
+
+
+def _rms_norm_setup_context(ctx, inputs, output):
+    x, weight, _eps = inputs
+    _y, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    ctx.save_for_backward(x, weight, rstd)
+
+
+def _rms_norm_autograd(ctx, grad_y, _grad_rstd):
+    x, weight, rstd = ctx.saved_tensors
+    needs_x, needs_weight = ctx.needs_input_grad[:2]
+    weight_grad = needs_weight and weight is not None
+    grad_x, grad_weight = torch.ops.fusednn.rms_norm_backward(grad_y, x, weight, rstd, weight_grad)
+    return grad_x if needs_x else None, grad_weight if weight_grad else None, None
+
+
+rms_norm_forward.register_autograd(_rms_norm_autograd, setup_context=_rms_norm_setup_context)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_inputs(
+    op: str,
+    x: Tensor,
+    normalized_shape,
+    params: dict[str, Optional[Tensor]],
+    eps,
+) -> tuple[int, ...]:
+    """Validates the arguments of ``op``; returns normalized_shape as a tuple."""
+    where = f"fusednn.ops.{op}"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{where}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    elif isinstance(normalized_shape, Sequence) and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in normalized_shape
+    ):
+        shape = tuple(int(d) for d in normalized_shape)
+    else:
+        raise TypeError(f"{where}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+    if len(shape) == 0 or any(d < 0 for d in shape):
+        raise ValueError(f"{where}: normalized_shape must be non-empty and non-negative, got {shape}")
+    if x.dim() < len(shape) or tuple(x.shape[-len(shape) :]) != shape:
+        raise ValueError(
+            f"{where}: normalized_shape must equal the trailing dimensions of x; expected x.shape to end "
+            f"with {shape}, got x.shape {tuple(x.shape)}"
+        )
+
+    for name, param in params.items():
+        if param is None:
+            continue
+        if not isinstance(param, Tensor):
+            raise TypeError(f"{where}: {name} must be a torch.Tensor or None, got {type(param).__name__}")
+        if tuple(param.shape) != shape:
+            raise ValueError(f"{where}: {name} must have shape normalized_shape {shape}, got {tuple(param.shape)}")
+        if param.dtype != x.dtype:
+            raise TypeError(f"{where}: {name} must have x's dtype {x.dtype}, got {param.dtype}")
+        if param.device != x.device:
+            raise ValueError(f"{where}: {name} must be on x's device {x.device}, got {param.device}")
+
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"{where}: eps must be a float, got {type(eps).__name__}")
+    if not eps >= 0:  # NaN fails too
+        raise ValueError(f"{where}: eps must be >= 0, got {eps}")
+    return shape
+
+
+def _as_rows(x: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, int]:
+    """x as [M, N] (a view where the strides allow) and N."""
+    n_cols = math.prod(shape)
+    return x.reshape(math.prod(x.shape[: x.dim() - len(shape)]), n_cols), n_cols
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def layer_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` dimensions
+    (``torch.nn.functional.layer_norm``).
+
+    x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
+    weight, bias: normalized_shape, x's dtype and device, or None.
+    Returns y with x's shape and dtype (contiguous). Mean and rstd are computed in float32
+    (float64 for float64 x); the backward saves x, weight, mean [M] and rstd [M].
+    """
+    shape = _check_inputs("layer_norm", x, normalized_shape, {"weight": weight, "bias": bias}, eps)
+    if _runtime.select_backend("layer_norm", x.device, ("triton",)) == "reference":
+        return _reference.layer_norm(x, shape, weight, bias, eps)
+    x2d, n_cols = _as_rows(x, shape)
+    y, _mean, _rstd = torch.ops.fusednn.layer_norm_forward(
+        x2d,
+        weight.reshape(n_cols) if weight is not None else None,
+        bias.reshape(n_cols) if bias is not None else None,
+        float(eps),
+    )
+    return y.view(x.shape)
+
+
+def rms_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+) -> Tensor:
+    """RMS normalization over the trailing ``normalized_shape`` dimensions
+    (``torch.nn.functional.rms_norm``): y = x / sqrt(mean(x^2) + eps) * weight.
+
+    x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
+    weight: normalized_shape, x's dtype and device, or None. eps None means
+    ``torch.finfo(x.dtype).eps``. Returns y with x's shape and dtype (contiguous).
+    rstd is computed in float32 (float64 for float64 x); the backward saves x, weight
+    and rstd [M].
+    """
+    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
+        eps = torch.finfo(x.dtype).eps
+    shape = _check_inputs("rms_norm", x, normalized_shape, {"weight": weight}, eps)
+    if _runtime.select_backend("rms_norm", x.device, ("triton",)) == "reference":
+        return _reference.rms_norm(x, shape, weight, eps)
+    x2d, n_cols = _as_rows(x, shape)
+    y, _rstd = torch.ops.fusednn.rms_norm_forward(
+        x2d, weight.reshape(n_cols) if weight is not None else None, float(eps)
+    )
+    return y.view(x.shape)

@@ -1,3 +1,65 @@
-"""(being written)"""
-def layer_norm(*a, **k): raise NotImplementedError
-def rms_norm(*a, **k): raise NotImplementedError
+"""Plain-PyTorch LayerNorm and RMSNorm: the statistics over the trailing
+``normalized_shape`` dimensions, computed in float32 (float64 for float64 inputs),
+the result cast back to the input's dtype. Autograd comes from PyTorch."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _normalized_dims(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return tuple(range(-count, 0))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, over the trailing dims.
+
+    x: [..., *normalized_shape]; weight, bias: normalized_shape or None. Biased variance.
+    """
+    dims = _normalized_dims(normalized_shape)
+    compute = _compute_dtype(x.dtype)
+    xf = x.to(compute)
+    mean = xf.mean(dim=dims, keepdim=True)
+    centered = xf - mean
+    var = centered.square().mean(dim=dims, keepdim=True)
+    y = centered * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(compute)
+    if bias is not None:
+        y = y + bias.to(compute)
+    return y.to(x.dtype)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the trailing dims.
+
+    x: [..., *normalized_shape]; weight: normalized_shape or None; eps None means
+    ``torch.finfo(x.dtype).eps`` (as torch.nn.functional.rms_norm).
+    """
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    dims = _normalized_dims(normalized_shape)
+    compute = _compute_dtype(x.dtype)
+    xf = x.to(compute)
+    y = xf * torch.rsqrt(xf.square().mean(dim=dims, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(compute)
+    return y.to(x.dtype)
