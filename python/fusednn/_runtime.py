@@ -19,8 +19,7 @@ environment variable; forcing a backend that cannot serve the inputs raises.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import importlib
+import importlib.util
 import os
 from typing import Iterator, Sequence
 
@@ -62,23 +61,19 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-_TRITON_ERROR: str | None = None
+# Decided once at import (find_spec does not import triton), so that select_backend
+# stays traceable by torch.compile.
+_TRITON_ERROR: str | None = None if importlib.util.find_spec("triton") else "triton is not installed"
 
 
 def triton_available() -> bool:
-    global _TRITON_ERROR
-    if _TRITON_ERROR is None:
-        try:
-            importlib.import_module("triton")
-            _TRITON_ERROR = ""
-        except ImportError as exc:
-            _TRITON_ERROR = f"triton is not installed ({exc})"
-    return _TRITON_ERROR == ""
+    return _TRITON_ERROR is None
 
 
 # --------------------------------------------------------------------------- backend choice
 
-_BACKEND_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("fusednn_backend", default=None)
+# A plain module global (not a ContextVar) so that torch.compile can trace and guard on it.
+_backend_override: str | None = None
 
 
 def _check_backend_name(name: str, where: str) -> str:
@@ -93,18 +88,19 @@ def use_backend(name: str) -> Iterator[None]:
 
     ``name`` is one of ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"``, ``"reference"``.
     """
-    token = _BACKEND_OVERRIDE.set(_check_backend_name(name, "fusednn.use_backend(name)"))
+    global _backend_override
+    previous = _backend_override
+    _backend_override = _check_backend_name(name, "fusednn.use_backend(name)")
     try:
         yield
     finally:
-        _BACKEND_OVERRIDE.reset(token)
+        _backend_override = previous
 
 
 def requested_backend() -> str:
     """The backend asked for: ``use_backend`` if active, else ``FUSEDNN_BACKEND``, else ``auto``."""
-    override = _BACKEND_OVERRIDE.get()
-    if override is not None:
-        return override
+    if _backend_override is not None:
+        return _backend_override
     return _check_backend_name(os.environ.get("FUSEDNN_BACKEND", "auto"), "environment variable FUSEDNN_BACKEND")
 
 
