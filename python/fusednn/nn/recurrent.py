@@ -1,3 +1,148 @@
-"""(being written)"""
-class LSTM: pass
-class LSTMCell: pass
+"""Drop-in ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` running on the fused LSTM ops.
+
+They subclass the torch modules, so constructor arguments, parameter names and
+shapes, initialisation and ``state_dict`` are torch's own; only ``forward`` changes.
+Every layer and direction is one call of ``fusednn.ops.lstm``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import ops
+
+__all__ = ["LSTM", "LSTMCell"]
+
+
+def _reverse_in_time(x: torch.Tensor, reverse_index: torch.Tensor | None) -> torch.Tensor:
+    """Reverse each sequence of a time-major ``[T, B, F]`` batch within its own length."""
+    if reverse_index is None:
+        return x.flip(0)
+    return x.gather(0, reverse_index.unsqueeze(-1).expand_as(x))
+
+
+def _reverse_index(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
+    """``[T, B]``: time step t of row b reads step ``length_b - 1 - t`` (padding stays put)."""
+    t = torch.arange(T).unsqueeze(1)
+    lengths = lengths.to(torch.int64).unsqueeze(0)
+    return torch.where(t < lengths, lengths - 1 - t, t).to(device)
+
+
+class LSTM(torch.nn.LSTM):
+    """``torch.nn.LSTM`` (same arguments, parameters, inputs and outputs) on fused kernels.
+
+    Supports multiple layers, ``bidirectional``, ``batch_first``, ``dropout`` between
+    layers in training, ``proj_size``, ``PackedSequence`` input (and output), optional
+    ``(h_0, c_0)`` and unbatched 2-D input.
+    """
+
+    def forward(self, input, hx=None):  # noqa: A002  (torch's argument name)
+        packed = isinstance(input, PackedSequence)
+        batch_sizes = lengths = None
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            T = batch_sizes.numel()
+            # Time-major, rows in the packed (length-sorted) order, so that the rows
+            # of step t are the prefix [0, batch_sizes[t]).
+            x, lengths = torch.ops.aten._pad_packed_sequence(data, batch_sizes, False, 0.0, T)
+            B = int(batch_sizes[0])
+            batched = True
+        else:
+            sorted_indices = unsorted_indices = None
+            if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
+                dim = input.dim() if isinstance(input, torch.Tensor) else type(input).__name__
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {dim}D instead")
+            batched = input.dim() == 3
+            checked = input if batched else input.unsqueeze(0 if self.batch_first else 1)
+            x = checked.transpose(0, 1) if self.batch_first else checked
+            B = x.shape[1]
+
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if hx is None:
+            zeros = dict(dtype=x.dtype, device=x.device)
+            h0 = torch.zeros(self.num_layers * num_directions, B, real_hidden, **zeros)
+            c0 = torch.zeros(self.num_layers * num_directions, B, self.hidden_size, **zeros)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0); got {type(hx).__name__}")
+            h0, c0 = hx
+            if not batched:
+                if h0.dim() != 2 or c0.dim() != 2:
+                    raise RuntimeError(
+                        f"For unbatched 2-D input, hx and cx should also be 2-D but got "
+                        f"({h0.dim()}-D, {c0.dim()}-D) tensors"
+                    )
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            elif h0.dim() != 3 or c0.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx and cx should also be 3-D but got ({h0.dim()}-D, {c0.dim()}-D) tensors"
+                )
+            if sorted_indices is not None:
+                h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        # torch's own shape checks and messages (input size, hidden sizes).
+        self.check_forward_args(data if packed else checked, (h0, c0), batch_sizes)
+
+        reverse_index = None
+        if self.bidirectional and packed:
+            reverse_index = _reverse_index(lengths, x.shape[0], x.device)
+        layer_input = x
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                state = layer * num_directions + direction
+                seq = layer_input if direction == 0 else _reverse_in_time(layer_input, reverse_index)
+                y, (h, c) = ops.lstm(
+                    seq,
+                    (h0[state], c0[state]),
+                    getattr(self, "weight_ih" + suffix),
+                    getattr(self, "weight_hh" + suffix),
+                    getattr(self, "bias_ih" + suffix) if self.bias else None,
+                    getattr(self, "bias_hh" + suffix) if self.bias else None,
+                    getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None,
+                    batch_sizes,
+                )
+                outputs.append(y if direction == 0 else _reverse_in_time(y, reverse_index))
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+
+        if packed:
+            data, _ = torch.ops.aten._pack_padded_sequence(layer_input, lengths, False)
+            output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:  # None when the batch came sorted (enforce_sorted=True)
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+            return output, (h_n, c_n)
+        if not batched:
+            return layer_input.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        output = layer_input.transpose(0, 1) if self.batch_first else layer_input
+        return output, (h_n, c_n)
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` (same arguments, parameters, inputs and outputs) on fused kernels."""
+
+    def forward(self, input, hx=None):  # noqa: A002  (torch's argument name)
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            dim = input.dim() if isinstance(input, torch.Tensor) else type(input).__name__
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
+        if hx is not None and (hx[0].dim() not in (1, 2) or hx[1].dim() not in (1, 2)):
+            raise ValueError(
+                f"LSTMCell: Expected hx[0] and hx[1] to be 1D or 2D, got {hx[0].dim()}D and {hx[1].dim()}D instead"
+            )
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            hx = (zeros, zeros)
+        elif not batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = ops.lstm_cell(x, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
