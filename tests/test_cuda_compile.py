@@ -28,7 +28,19 @@ def _demangle(names):
     if not filt or not names:
         return names
     out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
-    return [re.sub(r"\(.*\)$", "", n) for n in out] if len(out) == len(names) else names
+    return [_strip_parameters(n) for n in out] if len(out) == len(names) else names
+
+
+def _strip_parameters(signature: str) -> str:
+    """'void ns::(anonymous namespace)::k<float>(float*, int)' -> 'void ns::(anonymous namespace)::k<float>'."""
+    if not signature.endswith(")"):
+        return signature
+    depth = 0
+    for i in range(len(signature) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(signature[i], 0)
+        if depth == 0:
+            return signature[:i]
+    return signature
 
 
 def parse_ptxas(log: str):
@@ -64,6 +76,46 @@ def test_cuda_source_compiles(source, arch, tmp_path, request):
         report.append(f"{rel:<28} {arch:<7} {regs:>4} regs  spill st/ld {spill_st:>4}/{spill_ld:<4} B  {name}")
 
 
+CUDA_GLUE = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*_cuda.cpp"), recursive=True))
+
+
+def _cuda_include():
+    """CUDA's include folder: CUDA_HOME, else the toolkit of the nvcc that `nvcc -v` reports."""
+    candidates = [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    if NVCC:
+        proc = subprocess.run([NVCC, "--dryrun", "--version"], capture_output=True, text=True)
+        candidates += re.findall(r"TOP=(\S+)", proc.stdout + proc.stderr)
+    for home in filter(None, candidates):
+        inc = os.path.join(home, "include")
+        if os.path.exists(os.path.join(inc, "cuda_runtime_api.h")):
+            return inc
+    return None
+
+
+CUDA_INCLUDE = _cuda_include()
+
+
+@pytest.mark.skipif(CUDA_INCLUDE is None, reason="CUDA headers not found")
+@pytest.mark.parametrize("source", CUDA_GLUE, ids=lambda p: os.path.relpath(p, ROOT))
+def test_cuda_glue_syntax(source, tmp_path):
+    """The *_cuda.cpp glue is only built against a CUDA torch; here it gets a syntax check.
+
+    The CPU build of torch lacks c10/cuda's generated cuda_cmake_macros.h, which an empty
+    stand-in replaces; everything else is the real torch and CUDA headers.
+    """
+    from torch.utils.cpp_extension import include_paths
+
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    includes = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "build", "generated"), str(tmp_path),
+                *include_paths(), CUDA_INCLUDE]
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", "-w", "-DFUSEDNN_WITH_CUDA=1"]
+    cmd += [f"-I{d}" for d in includes] + [source]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"syntax check failed:\n{proc.stderr[-4000:]}"
+
+
 def test_ptxas_parser():
     log = (
         "ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_80'\n"
@@ -74,6 +126,7 @@ def test_ptxas_parser():
     (name, regs, st, ld), = parse_ptxas(log)
     assert (regs, st, ld) == (40, 4, 4)
     assert name.startswith("foo") or name == "_Z3fooPf"
+    assert _strip_parameters("void a::(anonymous namespace)::k<float>(float*, int)") == "void a::(anonymous namespace)::k<float>"
 
 
 COMPILE_REPORT = pytest.StashKey[list]()
