@@ -84,13 +84,13 @@ def _norm_backward(grad_y, x, weight, mean, rstd, rms, weight_grad, bias_grad):
         bias_grad=bias_grad,
     )
     grad_weight = dweight.to(weight.dtype) if weight_grad else x.new_empty(0)
-    grad_bias = dbias.to(x.dtype) if bias_grad else x.new_empty(0)
+    grad_bias = dbias if bias_grad else x.new_empty(0)  # accumulator dtype; autograd casts to bias's
     return grad_x, grad_weight, grad_bias
 
 
 def _norm_backward_fake(x, weight, weight_grad, bias_grad):
     grad_weight = weight.new_empty(weight.shape) if weight_grad else x.new_empty(0)
-    grad_bias = x.new_empty((x.shape[1],)) if bias_grad else x.new_empty(0)
+    grad_bias = x.new_empty((x.shape[1],), dtype=_kernels.accumulator_dtype(x.dtype)) if bias_grad else x.new_empty(0)
     return x.new_empty(x.shape), grad_weight, grad_bias
 
 
@@ -103,7 +103,7 @@ def layer_norm_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """LayerNorm over the rows of x.
 
-    x: [M, N] float16/bfloat16/float32/float64; weight, bias: [N] of x's dtype or None.
+    x: [M, N] float16/bfloat16/float32/float64; weight, bias: [N] of any float dtype or None.
     Returns y [M, N] (x's dtype, contiguous), mean [M] and rstd [M] (float32; float64 for
     float64 x), which the backward uses.
     """
@@ -128,8 +128,10 @@ def layer_norm_backward(
     """Gradients of layer_norm_forward.
 
     grad_y, x: [M, N]; weight: [N] or None; mean, rstd: [M] from the forward.
-    Returns grad_x [M, N], grad_weight [N] (``[0]`` unless weight_grad), grad_bias [N]
-    (``[0]`` unless bias_grad). Weight and bias gradients are reduced in float32.
+    Returns grad_x [M, N], grad_weight [N] in weight's dtype (``[0]`` unless weight_grad),
+    grad_bias [N] in float32 (float64 for float64 x; ``[0]`` unless bias_grad: the op does
+    not see the bias, so autograd casts it to the bias's dtype). Weight and bias gradients
+    are reduced in float32.
     """
     return _norm_backward(grad_y, x, weight, mean, rstd, False, weight_grad, bias_grad)
 
@@ -144,21 +146,21 @@ def _layer_norm_setup_context(ctx, inputs, output):
     _y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(x, weight, mean, rstd)
-    ctx.has_bias = bias is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _layer_norm_autograd(ctx, grad_y, _grad_mean, _grad_rstd):
     x, weight, mean, rstd = ctx.saved_tensors
     needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
     weight_grad = needs_weight and weight is not None
-    bias_grad = needs_bias and ctx.has_bias
+    bias_grad = needs_bias and ctx.bias_dtype is not None
     grad_x, grad_weight, grad_bias = torch.ops.fusednn.layer_norm_backward(
         grad_y, x, weight, mean, rstd, weight_grad, bias_grad
     )
     return (
         grad_x if needs_x else None,
         grad_weight if weight_grad else None,
-        grad_bias if bias_grad else None,
+        grad_bias.to(ctx.bias_dtype) if bias_grad else None,
         None,
     )
 
@@ -173,7 +175,7 @@ layer_norm_forward.register_autograd(_layer_norm_autograd, setup_context=_layer_
 def rms_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
     """RMSNorm over the rows of x.
 
-    x: [M, N] float16/bfloat16/float32/float64; weight: [N] of x's dtype or None.
+    x: [M, N] float16/bfloat16/float32/float64; weight: [N] of any float dtype or None.
     Returns y [M, N] (x's dtype, contiguous) and rstd [M] (float32; float64 for float64 x),
     which the backward uses.
     """
@@ -263,8 +265,10 @@ def _check_inputs(
             raise TypeError(f"{where}: {name} must be a torch.Tensor or None, got {type(param).__name__}")
         if tuple(param.shape) != shape:
             raise ValueError(f"{where}: {name} must have shape normalized_shape {shape}, got {tuple(param.shape)}")
-        if param.dtype != x.dtype:
-            raise TypeError(f"{where}: {name} must have x's dtype {x.dtype}, got {param.dtype}")
+        # Parameters may be of another float dtype than x (fp32 parameters with bf16/fp16
+        # activations, as in mixed-precision training), as torch's layer_norm/rms_norm allow.
+        if param.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{where}: {name} must be float16, bfloat16, float32 or float64, got {param.dtype}")
         if param.device != x.device:
             raise ValueError(f"{where}: {name} must be on x's device {x.device}, got {param.device}")
 
@@ -295,7 +299,7 @@ def layer_norm(
     (``torch.nn.functional.layer_norm``).
 
     x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
-    weight, bias: normalized_shape, x's dtype and device, or None.
+    weight, bias: normalized_shape, any float dtype (e.g. float32 with bfloat16 x), x's device, or None.
     Returns y with x's shape and dtype (contiguous). Mean and rstd are computed in float32
     (float64 for float64 x); the backward saves x, weight, mean [M] and rstd [M].
     """
@@ -322,7 +326,7 @@ def rms_norm(
     (``torch.nn.functional.rms_norm``): y = x / sqrt(mean(x^2) + eps) * weight.
 
     x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
-    weight: normalized_shape, x's dtype and device, or None. eps None means
+    weight: normalized_shape, any float dtype, x's device, or None. eps None means
     ``torch.finfo(x.dtype).eps``. Returns y with x's shape and dtype (contiguous).
     rstd is computed in float32 (float64 for float64 x); the backward saves x, weight
     and rstd [M].
