@@ -5,6 +5,8 @@
 //   for t: hidden_gates = h_{t-1} W_hh^T               one GEMM over the active rows
 //          fused pointwise step -> c_t, h_t (or m_t)   (the backend's kernel; adds b_ih + b_hh)
 //          with a projection: h_t = m_t W_hr^T         one GEMM
+// A device may take a step's recurrent GEMM together with its pointwise step
+// (PointwiseSteps::forward_with_gemm / backward_with_gemm; the CPU does).
 // Backward walks t downwards with one fused pointwise step and one GEMM
 // (dL/dh_{t-1} = dG_t W_hh) per step, keeping every pre-activation gradient dG_t,
 // then forms the weight gradients as single GEMMs over all steps:
@@ -167,19 +169,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.bias = bias.defined() ? ptr(bias) : nullptr;
   p.cell = ptr(cell);
   p.hidden_last = projected ? nullptr : ptr(h_n);
+  const RecurrentGemm gemm{ptr(h_n), ptr(w_hh_t), ptr(hidden_gates), P, 4 * H};
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = active[t];
-    if (n > 0) {
-      at::Tensor out = leading_rows(hidden_gates, n);
-      at::mm_out(out, leading_rows(h_n, n), w_hh_t);
-    }
     const int64_t m_step = save_workspace ? t : 0;
     p.active_rows = n;
     p.input_gates = step_ptr(input_gates, t);
     p.saved_gates = save_workspace ? step_ptr(gates, t) : nullptr;
     p.saved_cell = save_workspace ? step_ptr(cells, t) : nullptr;
     p.hidden_out = projected ? step_ptr(unprojected, m_step) : step_ptr(y, t);
-    steps.forward(p);
+    if (steps.forward_with_gemm == nullptr || !steps.forward_with_gemm(p, gemm)) {
+      if (n > 0) {
+        at::Tensor out = leading_rows(hidden_gates, n);
+        at::mm_out(out, leading_rows(h_n, n), w_hh_t);
+      }
+      steps.forward(p);
+    }
     if (projected) {
       at::Tensor y_t = y[t];
       if (n > 0) {
@@ -237,6 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.rows = B;
   p.hidden = H;
   p.grad_cell = ptr(grad_c);
+  RecurrentGemm gemm{nullptr, ptr(w_hh_rows), ptr(grad_h), 4 * H, P};
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t n = active[t];
     p.active_rows = n;
@@ -264,10 +270,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       p.grad_output = grad_output.defined() ? step_ptr(grad_output, t) : nullptr;
       p.grad_hidden = ptr(grad_h);
     }
-    steps.backward(p);
-    if (n > 0) {
-      at::Tensor out = leading_rows(grad_h, n);
-      at::mm_out(out, leading_rows(grad_gates[t], n), w_hh_rows);
+    gemm.input = p.grad_gates;
+    if (steps.backward_with_gemm == nullptr || !steps.backward_with_gemm(p, gemm)) {
+      steps.backward(p);
+      if (n > 0) {
+        at::Tensor out = leading_rows(grad_h, n);
+        at::mm_out(out, leading_rows(grad_gates[t], n), w_hh_rows);
+      }
     }
   }
 

@@ -27,7 +27,8 @@ void cuda_backward_step(const BackwardStepParams& p) {
   check_launch(launch_backward_step(p, c10::cuda::getCurrentCUDAStream().stream()), "backward step");
 }
 
-constexpr PointwiseSteps kCudaSteps{cuda_forward_step, cuda_backward_step};
+// No fused GEMM + pointwise steps: the time loop runs cuBLAS, then the step kernel.
+constexpr PointwiseSteps kCudaSteps{cuda_forward_step, cuda_backward_step, nullptr, nullptr};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,

@@ -13,10 +13,30 @@
 namespace fusednn {
 namespace lstm {
 
+// The recurrent GEMM of one step, output = input W over the step's active rows, all
+// row-major and dense: input [active_rows, k], weight [k, n], output [active_rows, n].
+struct RecurrentGemm {
+  const void* input;
+  const void* weight;
+  void* output;
+  int64_t k;
+  int64_t n;
+};
+
 // The per-device fused pointwise steps (lstm_cpu.cpp, lstm_cuda.cpp).
 struct PointwiseSteps {
   void (*forward)(const ForwardStepParams&);
   void (*backward)(const BackwardStepParams&);
+  // Optional (null where a device has none, as on CUDA): the step's recurrent GEMM and its
+  // pointwise step as one, so that the device can share the work out itself (CPU: each
+  // thread multiplies and activates its own batch rows in one fork/join per step, and
+  // the backward GEMM is split over its inner dimension). Forward runs gemm
+  // (hidden_gates = h_{t-1} W_hh^T) then the pointwise step; backward runs the pointwise
+  // step then gemm (dL/dh_{t-1} = dG_t W_hh). Each returns false, having done nothing, for
+  // inputs it does not take; the time loop then runs the GEMM through ATen and the
+  // pointwise step separately.
+  bool (*forward_with_gemm)(const ForwardStepParams&, const RecurrentGemm&);
+  bool (*backward_with_gemm)(const BackwardStepParams&, const RecurrentGemm&);
 };
 
 // fusednn::lstm_forward -> (y, h_n, c_n, gates, cells, hidden); see fusednn.cpp.
