@@ -144,6 +144,19 @@ def _load_row_statistics(Mean, Rstd, row, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def _load_block_grad_terms(X_row, DY_row, W, cols, mask, mean, rstd, IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """Loads one column block of a row (x, dy, weight); returns (xhat, w * dy, dy)."""
+    acc_dtype: tl.constexpr = rstd.dtype
+    w = 0.0
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=mask, other=0.0).to(acc_dtype)
+    x = tl.load(X_row + cols, mask=mask, other=0.0).to(acc_dtype)
+    dy = tl.load(DY_row + cols, mask=mask, other=0.0).to(acc_dtype)
+    xhat, wdy = _normalized_and_weighted_grad(x, dy, w, mean, rstd, mask, IS_RMS, HAS_WEIGHT)
+    return xhat, wdy, dy
+
+
+@triton.jit
 def _normalized_and_weighted_grad(x, dy, w, mean, rstd, mask, IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     """xhat = (x - mean) * rstd and w * dy (0 on padding)."""
     xhat = _centered(x, mean, mask, IS_RMS) * rstd
@@ -231,12 +244,10 @@ def _norm_backward_kernel(
             for start in range(0, N, BLOCK_N):
                 block_cols = start + cols
                 block_mask = block_cols < N
-                w = 0.0
-                if HAS_WEIGHT:
-                    w = tl.load(W + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
-                x = tl.load(X + row * stride_x_row + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
-                dy = tl.load(DY + row * stride_dy_row + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
-                xhat, wdy = _normalized_and_weighted_grad(x, dy, w, mean, rstd, block_mask, IS_RMS, HAS_WEIGHT)
+                xhat, wdy, dy = _load_block_grad_terms(
+                    X + row * stride_x_row, DY + row * stride_dy_row, W, block_cols, block_mask, mean, rstd, IS_RMS,
+                    HAS_WEIGHT,
+                )
                 sum_xhat_wdy += xhat * wdy
                 sum_wdy += wdy
             mean_xhat_wdy = tl.sum(sum_xhat_wdy, axis=0) / n
@@ -244,12 +255,10 @@ def _norm_backward_kernel(
             for start in range(0, N, BLOCK_N):
                 block_cols = start + cols
                 block_mask = block_cols < N
-                w = 0.0
-                if HAS_WEIGHT:
-                    w = tl.load(W + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
-                x = tl.load(X + row * stride_x_row + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
-                dy = tl.load(DY + row * stride_dy_row + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
-                xhat, wdy = _normalized_and_weighted_grad(x, dy, w, mean, rstd, block_mask, IS_RMS, HAS_WEIGHT)
+                xhat, wdy, dy = _load_block_grad_terms(
+                    X + row * stride_x_row, DY + row * stride_dy_row, W, block_cols, block_mask, mean, rstd, IS_RMS,
+                    HAS_WEIGHT,
+                )
                 dx = _input_grad(xhat, wdy, rstd, mean_xhat_wdy, mean_wdy, IS_RMS)
                 tl.store(DX + row * stride_dx_row + block_cols, dx.to(DX.dtype.element_ty), mask=block_mask)
                 if WEIGHT_GRAD:
