@@ -38,8 +38,7 @@ def _bench_norm(ctx: Context, op: str, ours, theirs, with_bias: bool) -> None:
             try:
                 y = fn(x, w, b)
             except Exception as exc:  # e.g. torch.compile unavailable: reported, not fatal
-                ctx.skipped.append(f"{op} {provider}: {type(exc).__name__}: {exc}")
-                print(f"  {op} {provider} skipped: {type(exc).__name__}: {exc}", flush=True)
+                ctx.skip(f"{op} {provider}", f"{type(exc).__name__}: {exc}")
                 continue
 
             def backward(y=y):

@@ -26,7 +26,6 @@ from typing import Iterator, Sequence
 import torch
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
-KERNEL_BACKENDS = ("triton", "cuda", "cpu")
 
 # --------------------------------------------------------------------------- extension
 
@@ -182,9 +181,3 @@ def empty(*size, **kwargs) -> torch.Tensor:
         out.fill_(float("nan"))
     return out
 
-
-def empty_like(t: torch.Tensor, **kwargs) -> torch.Tensor:
-    out = torch.empty_like(t, **kwargs)
-    if _POISON and out.is_floating_point():
-        out.fill_(float("nan"))
-    return out

@@ -118,20 +118,15 @@ def test_float32_parameters_with_low_precision_input(device, dtype, op):
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("param_names", LAYER_NORM_PARAMS, ids=lambda p: "+".join(p) or "none")
-def test_layer_norm_matches_torch(device, dtype, width, param_names):
+@pytest.mark.parametrize(
+    "op, param_names",
+    [("layer_norm", p) for p in LAYER_NORM_PARAMS] + [("rms_norm", p) for p in RMS_NORM_PARAMS],
+    ids=lambda v: v if isinstance(v, str) else "+".join(v) or "none",
+)
+def test_norm_matches_torch(device, dtype, width, op, param_names):
     x = torch.randn(3, width, dtype=dtype, device=device).requires_grad_()
-    params = _make_params("layer_norm", param_names, (width,), dtype, device)
-    _check_against_torch("layer_norm", x, (width,), params, _eps_for(width))
-
-
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("param_names", RMS_NORM_PARAMS, ids=lambda p: "+".join(p) or "none")
-def test_rms_norm_matches_torch(device, dtype, width, param_names):
-    x = torch.randn(3, width, dtype=dtype, device=device).requires_grad_()
-    params = _make_params("rms_norm", param_names, (width,), dtype, device)
-    _check_against_torch("rms_norm", x, (width,), params, _eps_for(width))
+    params = _make_params(op, param_names, (width,), dtype, device)
+    _check_against_torch(op, x, (width,), params, _eps_for(width))
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
