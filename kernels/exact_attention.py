@@ -1,0 +1,752 @@
+"""Triton kernels for exact attention: the FlashAttention-2 algorithm, forward and backward.
+
+Layout: every tensor is addressed as [B, H, T, D] through its four strides, so any
+strides work without copies. Packed variable-length batches (``VARLEN``) use the view
+[1, H, total, D] with a batch stride of 0; program ``b`` reads its rows
+``cu_seqlens[b]:cu_seqlens[b + 1]``.
+
+Scores: ``s = scale * q.k``; with ``SOFTCAP``: ``s = softcap * tanh(s / softcap)``; then the
+bias is added (``BIAS_KIND`` 1) or a bool mask applied (``BIAS_KIND`` 2); keys outside the
+band are hidden. The band: query i sits at key position ``i + shift`` (shift = Tk - Tq for
+bottom-right alignment, else 0) and sees keys ``pos - window_left <= j <= pos + window_right``
+(``HAS_LEFT`` / ``HAS_RIGHT`` say whether a side is bounded; causal is window_right = 0).
+Softmax runs in base 2 (scores times log2(e)); the log-sum-exp is stored in natural log.
+
+Tile skipping: for a block of queries (keys in the backward) only the key (query) tiles
+that intersect the band are visited, in three segments: partially visible tiles, fully
+visible tiles (no masking arithmetic), partially visible tiles. Time grows with T x band.
+
+Dropout: the keep decision of element (i, j) of head (b, h) is ``rand(seed + b*H + h,
+i * Tk + j) >= p`` (Philox, ``tl.rand``); the backward regenerates the same mask.
+
+Forward (``_forward_kernel``): one program per (query block, batch x head): online softmax
+over the key tiles, accumulator in float32, out = acc / l, lse = m + log(l).
+Backward: ``_backward_preprocess_kernel`` (delta = rowsum(dO * O)); ``_backward_dkdv_kernel``,
+one program per (key block, batch x kv head) looping over the query heads of its group, so
+dk and dv of a GQA group sum in registers (no atomics); and dq either accumulated by the same
+kernel with float32 atomics (FlashAttention-2's scheme), or, with ``deterministic``, in its
+own pass ``_backward_dq_kernel`` (one program per query block, fixed order).
+Rows with no visible key have l = 0: their output is 0, their lse -inf, and the backward
+treats lse -inf as +inf so that their probabilities, hence gradients, are 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+MAX_HEAD_DIM = 256
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# --------------------------------------------------------------------------- shared device helpers
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _sequence(b, CuQ, CuK, max_q, max_k, VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr):
+    """(first row, length) of batch entry b's queries and keys, and the band shift."""
+    if VARLEN:
+        q_start = tl.load(CuQ + b)
+        q_len = tl.load(CuQ + b + 1) - q_start
+        k_start = tl.load(CuK + b)
+        k_len = tl.load(CuK + b + 1) - k_start
+    else:
+        q_start = 0
+        q_len = max_q
+        k_start = 0
+        k_len = max_k
+    if BOTTOM_RIGHT:
+        shift = k_len - q_len
+    else:
+        shift = k_len * 0
+    return q_start, q_len, k_start, k_len, shift
+
+
+@triton.jit
+def _segments(lo_bound, hi_bound, full_lo, full_hi, BLOCK: tl.constexpr):
+    """Split [lo_bound, hi_bound) (lo_bound >= 0) into tile-aligned segments
+    [lo, s1) partial, [s1, s2) fully visible, [s2, hi) partial."""
+    lo = lo_bound // BLOCK * BLOCK
+    hi = hi_bound
+    s1 = tl.minimum(tl.maximum(full_lo, lo), hi)
+    s2 = tl.maximum(s1, tl.minimum(full_hi, hi))
+    return lo, s1, s2, hi
+
+
+@triton.jit
+def _segment(segment: tl.constexpr, lo, s1, s2, hi):
+    """Bounds of segment 0 (partial), 1 (fully visible) or 2 (partial); see _segments."""
+    if segment == 0:
+        start = lo
+        end = s1
+    elif segment == 1:
+        start = s1
+        end = s2
+    else:
+        start = s2
+        end = hi
+    return start, end
+
+
+@triton.jit
+def _load_tile(base, rows, cols, stride_row, stride_col, n_rows, n_cols):
+    """Tile [len(rows), len(cols)] of a strided matrix, zero outside [n_rows, n_cols]."""
+    return tl.load(base + rows[:, None] * stride_row + cols[None, :] * stride_col,
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+
+
+@triton.jit
+def _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Key tiles seen by the queries m0 .. m0 + BLOCK_M - 1."""
+    lo = k_len * 0
+    hi = k_len
+    full_lo = lo
+    full_hi = k_len // BLOCK_N * BLOCK_N
+    if HAS_LEFT:
+        lo = tl.maximum(m0 + shift - window_left, 0)
+        full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + shift - window_left, 0), BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(tl.maximum(m0 + BLOCK_M + shift + window_right, 0), k_len)
+        full_hi = tl.minimum(full_hi, tl.maximum(m0 + shift + window_right + 1, 0) // BLOCK_N * BLOCK_N)
+    return _segments(lo, hi, full_lo, full_hi, BLOCK_N)
+
+
+@triton.jit
+def _query_segments(n0, q_len, k_len, shift, window_left, window_right, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Query tiles that see any of the keys n0 .. n0 + BLOCK_N - 1. A tile is fully visible
+    when all its (query, key) pairs are in the band and the key block is within k_len."""
+    lo = q_len * 0
+    hi = q_len
+    full_lo = lo
+    full_hi = hi + BLOCK_M  # rows past q_len are inert (their lse loads as +inf)
+    if n0 + BLOCK_N > k_len:
+        full_hi = lo
+    if HAS_RIGHT:  # i + shift + right >= j
+        lo = tl.maximum(n0 - shift - window_right, 0)
+        full_lo = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - shift - window_right, 0), BLOCK_M) * BLOCK_M
+    if HAS_LEFT:  # i + shift - left <= j
+        hi = tl.minimum(tl.maximum(n0 + BLOCK_N - shift + window_left, 0), q_len)
+        full_hi = tl.minimum(full_hi, tl.maximum(n0 - shift + window_left + 1, 0) // BLOCK_M * BLOCK_M)
+    return _segments(lo, hi, full_lo, full_hi, BLOCK_M)
+
+
+@triton.jit
+def _scores(qk, rows, cols, bias_ptrs, in_bounds, k_len, shift, window_left, window_right, sm_scale, softcap,
+            MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+            BIAS_KIND: tl.constexpr):
+    """Scores in base-2 units (-inf where hidden) from the raw dot products ``qk``.
+
+    ``rows`` / ``cols`` are broadcastable query / key indices, so the same code serves the
+    [queries, keys] tiles of the forward and dq passes and the [keys, queries] tiles of the
+    dk/dv pass. ``bias_ptrs`` / ``in_bounds`` address the bias tile (unused without bias)."""
+    s = qk * sm_scale
+    if SOFTCAP:
+        s = softcap * _tanh(s / softcap)
+    if BIAS_KIND == 1:
+        s += tl.load(bias_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
+    if BIAS_KIND == 2:
+        s = tl.where(tl.load(bias_ptrs, mask=in_bounds, other=1) != 0, s, float("-inf"))
+    if MASKED:
+        visible = cols < k_len
+        if HAS_LEFT:
+            visible &= cols >= rows + shift - window_left
+        if HAS_RIGHT:
+            visible &= cols <= rows + shift + window_right
+        s = tl.where(visible, s, float("-inf"))
+    return s * 1.4426950408889634
+
+
+@triton.jit
+def _keep(seed, bh, rows, cols, k_len, dropout_p):
+    """Dropout keep decisions for (rows, cols) of head bh (broadcastable index tensors)."""
+    return tl.rand(seed + bh, rows * k_len + cols) >= dropout_p
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _forward_tiles(
+    acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, start, end,
+    stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
+    q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale,
+    D, DV,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
+    DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < k_len
+        kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
+        qk = tl.dot(q, kt, input_precision=PRECISION)
+        bias_ptrs = bias_base + rows[:, None] * stride_bias_q + cols[None, :] * stride_bias_k
+        s = _scores(qk, rows[:, None], cols[None, :], bias_ptrs, (rows[:, None] < q_len) & col_ok[None, :], k_len,
+                    shift, window_left, window_right, sm_scale, softcap, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                    BIAS_KIND)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            p = tl.where(_keep(seed, bh, rows[:, None], cols[None, :], k_len, dropout_p), p * dropout_scale, 0.0)
+        v = _load_tile(v_base, cols, offs_dv, stride_vt, stride_vd, k_len, DV)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _forward_kernel(
+    Q, K, V, Bias, Out, Lse, CuQ, CuK, Seed,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_bias_b, stride_bias_h, stride_bias_q, stride_bias_k,
+    stride_lse_b, stride_lse_h,
+    num_heads, group, max_q, max_k, sm_scale, softcap, window_left, window_right, dropout_p, dropout_scale,
+    D, DV,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    q_start, q_len, k_start, k_len, shift = _sequence(b, CuQ, CuK, max_q, max_k, VARLEN, BOTTOM_RIGHT)
+    m0 = pid_m * BLOCK_M
+    if m0 >= q_len:
+        return
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hkv64 = (h // group).to(tl.int64)
+    rows = m0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < q_len
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_base = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
+    k_base = K + b64 * stride_kb + hkv64 * stride_kh + k_start.to(tl.int64) * stride_kt
+    v_base = V + b64 * stride_vb + hkv64 * stride_vh + k_start.to(tl.int64) * stride_vt
+    bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
+    q = _load_tile(q_base, rows, offs_d, stride_qt, stride_qd, q_len, D)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(Seed)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    lo, s1, s2, hi = _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
+                                   HAS_LEFT, HAS_RIGHT)
+    for segment in tl.static_range(3):
+        start, end = _segment(segment, lo, s1, s2, hi)
+        acc, l_i, m_i = _forward_tiles(
+            acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, start, end,
+            stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
+            q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale,
+            D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, segment != 1, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND,
+            DROPOUT, PRECISION,
+        )
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_base = Out + b64 * stride_ob + h64 * stride_oh + q_start.to(tl.int64) * stride_ot
+    tl.store(o_base + rows[:, None] * stride_ot + offs_dv[None, :] * stride_od, out.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_start + rows, lse, mask=row_ok)
+
+
+# --------------------------------------------------------------------------- backward
+
+
+@triton.jit
+def _backward_preprocess_kernel(
+    Out, DOut, Delta, CuQ,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    stride_delta_b, stride_delta_h,
+    num_heads, max_q, DV,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
+):
+    """delta[i] = sum_d dO[i, d] * O[i, d] (float32): the rowsum(P * dP) of the softmax gradient."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    q_start, q_len, _k_start, _k_len, _shift = _sequence(b, CuQ, CuQ, max_q, max_q, VARLEN, False)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    row0 = q_start.to(tl.int64)
+    o = _load_tile(Out + b64 * stride_ob + h64 * stride_oh + row0 * stride_ot, rows, offs_dv, stride_ot, stride_od,
+                   q_len, DV)
+    do = _load_tile(DOut + b64 * stride_gb + h64 * stride_gh + row0 * stride_gt, rows, offs_dv, stride_gt,
+                    stride_gd, q_len, DV)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + b64 * stride_delta_b + h64 * stride_delta_h + q_start + rows, delta, mask=rows < q_len)
+
+
+@triton.jit
+def _load_lse2(Lse, rows, row_ok):
+    """Log-sum-exp in base-2 units; +inf for rows past the end and rows with no visible key,
+    whose probabilities must come out 0."""
+    lse = tl.load(Lse + rows, mask=row_ok, other=float("-inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+@triton.jit
+def _backward_dkdv_tiles(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed, bh,
+    start, end,
+    stride_qt, stride_qd, stride_gt, stride_gd, stride_bias_q, stride_bias_k, stride_dbias_q, stride_dq_t,
+    q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
+    BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Adds the contributions of query tiles [start, end) to dk, dv ([BLOCK_N, D] float32);
+    works on transposed [keys, queries] tiles. With ATOMIC_DQ also adds dq (float32 atomics)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    col_ok = cols < k_len
+    for m0 in range(start, end, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < q_len
+        qt = _load_tile(q_base, offs_d, rows, stride_qd, stride_qt, D, q_len)
+        qkt = tl.dot(k, qt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        in_bounds = col_ok[:, None] & row_ok[None, :]
+        bias_ptrs = bias_base + rows[None, :] * stride_bias_q + cols[:, None] * stride_bias_k
+        st = _scores(qkt, rows[None, :], cols[:, None], bias_ptrs, in_bounds, k_len, shift, window_left,
+                     window_right, sm_scale, softcap, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND)
+        pt = tl.math.exp2(st - _load_lse2(lse_base, rows, row_ok)[None, :])
+        do = _load_tile(do_base, rows, offs_dv, stride_gt, stride_gd, q_len, DV)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        if DROPOUT:
+            keep = _keep(seed, bh, rows[None, :], cols[:, None], k_len, dropout_p)
+            dv = tl.dot(tl.where(keep, pt * dropout_scale, 0.0).to(do.dtype), do, dv, input_precision=PRECISION)
+            dpt = tl.where(keep, dpt * dropout_scale, 0.0)
+        else:
+            dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        dst = pt * (dpt - delta[None, :])  # gradient of the scores after softcap (= of the bias)
+        if BIAS_GRAD:
+            tl.store(dbias_base + rows[None, :] * stride_dbias_q + cols[:, None], dst, mask=in_bounds)
+        if SOFTCAP:
+            t = _tanh(qkt * sm_scale / softcap)
+            dst = dst * (1.0 - t * t)
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(dst).to(k.dtype), k, input_precision=PRECISION) * sm_scale
+            tl.atomic_add(dq_base + rows[:, None] * stride_dq_t + offs_d[None, :], dq,
+                          mask=row_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _backward_dkdv_kernel(
+    Q, K, V, DOut, Lse, Delta, Bias, DBias, DQAcc, DK, DV_, CuQ, CuK, Seed,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    stride_bias_b, stride_bias_h, stride_bias_q, stride_bias_k,
+    stride_dbias_b, stride_dbias_h, stride_dbias_q,
+    stride_dq_b, stride_dq_h, stride_dq_t,
+    stride_dkb, stride_dkh, stride_dkt, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvt, stride_dvd,
+    stride_lse_b, stride_lse_h,
+    num_kv_heads, group, max_q, max_k, sm_scale, softcap, window_left, window_right, dropout_p, dropout_scale,
+    D, DV,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bhkv = tl.program_id(1)
+    b = bhkv // num_kv_heads
+    hkv = bhkv % num_kv_heads
+    q_start, q_len, k_start, k_len, shift = _sequence(b, CuQ, CuK, max_q, max_k, VARLEN, BOTTOM_RIGHT)
+    n0 = pid_n * BLOCK_N
+    if n0 >= k_len:
+        return
+    b64 = b.to(tl.int64)
+    hkv64 = hkv.to(tl.int64)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    col_ok = cols < k_len
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k_row0 = k_start.to(tl.int64)
+    q_row0 = q_start.to(tl.int64)
+    k = _load_tile(K + b64 * stride_kb + hkv64 * stride_kh + k_row0 * stride_kt, cols, offs_d, stride_kt, stride_kd,
+                   k_len, D)
+    v = _load_tile(V + b64 * stride_vb + hkv64 * stride_vh + k_row0 * stride_vt, cols, offs_dv, stride_vt,
+                   stride_vd, k_len, DV)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(Seed)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    lo, s1, s2, hi = _query_segments(n0, q_len, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
+                                     HAS_LEFT, HAS_RIGHT)
+    for g in range(0, group):
+        h64 = hkv64 * group + g
+        bh = b * num_kv_heads * group + hkv * group + g
+        q_base = Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qt
+        do_base = DOut + b64 * stride_gb + h64 * stride_gh + q_row0 * stride_gt
+        lse_base = Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_row0
+        delta_base = Delta + b64 * stride_lse_b + h64 * stride_lse_h + q_row0
+        bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
+        dbias_base = DBias + b64 * stride_dbias_b + h64 * stride_dbias_h
+        dq_base = DQAcc + b64 * stride_dq_b + h64 * stride_dq_h + q_row0 * stride_dq_t
+        for segment in tl.static_range(3):
+            start, end = _segment(segment, lo, s1, s2, hi)
+            dk, dv = _backward_dkdv_tiles(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed,
+                bh, start, end,
+                stride_qt, stride_qd, stride_gt, stride_gd, stride_bias_q, stride_bias_k, stride_dbias_q,
+                stride_dq_t, q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p,
+                dropout_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, segment != 1, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                BIAS_KIND, BIAS_GRAD, DROPOUT, ATOMIC_DQ, PRECISION,
+            )
+    dk = dk * sm_scale
+    tl.store(DK + b64 * stride_dkb + hkv64 * stride_dkh + (k_row0 + cols[:, None]) * stride_dkt
+             + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty),
+             mask=col_ok[:, None] & (offs_d[None, :] < D))
+    tl.store(DV_ + b64 * stride_dvb + hkv64 * stride_dvh + (k_row0 + cols[:, None]) * stride_dvt
+             + offs_dv[None, :] * stride_dvd, dv.to(DV_.dtype.element_ty),
+             mask=col_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _backward_dq_tiles(
+    dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, start, end,
+    stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
+    q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
+    DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = rows < q_len
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < k_len
+        kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
+        vt = _load_tile(v_base, offs_dv, cols, stride_vd, stride_vt, DV, k_len)
+        qk = tl.dot(q, kt, input_precision=PRECISION)
+        bias_ptrs = bias_base + rows[:, None] * stride_bias_q + cols[None, :] * stride_bias_k
+        s = _scores(qk, rows[:, None], cols[None, :], bias_ptrs, row_ok[:, None] & col_ok[None, :], k_len, shift,
+                    window_left, window_right, sm_scale, softcap, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND)
+        p = tl.math.exp2(s - lse2[:, None])
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        if DROPOUT:
+            keep = _keep(seed, bh, rows[:, None], cols[None, :], k_len, dropout_p)
+            dp = tl.where(keep, dp * dropout_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            t = _tanh(qk * sm_scale / softcap)
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _backward_dq_kernel(
+    Q, K, V, DOut, Lse, Delta, Bias, DQ, CuQ, CuK, Seed,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    stride_bias_b, stride_bias_h, stride_bias_q, stride_bias_k,
+    stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+    stride_lse_b, stride_lse_h,
+    num_heads, group, max_q, max_k, sm_scale, softcap, window_left, window_right, dropout_p, dropout_scale,
+    D, DV,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    q_start, q_len, k_start, k_len, shift = _sequence(b, CuQ, CuK, max_q, max_k, VARLEN, BOTTOM_RIGHT)
+    m0 = pid_m * BLOCK_M
+    if m0 >= q_len:
+        return
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hkv64 = (h // group).to(tl.int64)
+    rows = m0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < q_len
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_row0 = q_start.to(tl.int64)
+    q = _load_tile(Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qt, rows, offs_d, stride_qt, stride_qd,
+                   q_len, D)
+    do = _load_tile(DOut + b64 * stride_gb + h64 * stride_gh + q_row0 * stride_gt, rows, offs_dv, stride_gt,
+                    stride_gd, q_len, DV)
+    lse2 = _load_lse2(Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_row0, rows, row_ok)
+    delta = tl.load(Delta + b64 * stride_lse_b + h64 * stride_lse_h + q_row0 + rows, mask=row_ok, other=0.0)
+    k_base = K + b64 * stride_kb + hkv64 * stride_kh + k_start.to(tl.int64) * stride_kt
+    v_base = V + b64 * stride_vb + hkv64 * stride_vh + k_start.to(tl.int64) * stride_vt
+    bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(Seed)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, s1, s2, hi = _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
+                                   HAS_LEFT, HAS_RIGHT)
+    for segment in tl.static_range(3):
+        start, end = _segment(segment, lo, s1, s2, hi)
+        dq = _backward_dq_tiles(
+            dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, start, end,
+            stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
+            q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
+            BLOCK_N, BLOCK_D, BLOCK_DV, segment != 1, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND, DROPOUT, PRECISION,
+        )
+    dq = dq * sm_scale
+    tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + (q_row0 + rows[:, None]) * stride_dqt
+             + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _dropout_mask_kernel(Mask, Seed, num_heads, seqlen_q, seqlen_k, dropout_p,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Writes the keep decisions the attention kernels make (for tests and inspection)."""
+    bh = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    seed = tl.load(Seed)
+    base = Mask + bh.to(tl.int64) * seqlen_q * seqlen_k
+    for n0 in range(0, seqlen_k, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        keep = _keep(seed, bh, rows[:, None], cols[None, :], seqlen_k, dropout_p)
+        tl.store(base + rows[:, None] * seqlen_k + cols[None, :], keep.to(tl.int8),
+                 mask=(rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k))
+
+
+# --------------------------------------------------------------------------- launch helpers
+
+
+@dataclasses.dataclass
+class Options:
+    """The options the ops pass to the launchers (see ``fusednn.ops.exact_attention``)."""
+
+    cu_seqlens_q: Optional[torch.Tensor]
+    cu_seqlens_k: Optional[torch.Tensor]
+    max_seqlen_q: int
+    max_seqlen_k: int
+    scale: float
+    softcap: float
+    window_left: int  # -1: unbounded
+    window_right: int  # -1: unbounded
+    bottom_right: bool
+    dropout_p: float
+    seed: Optional[torch.Tensor]
+
+    @property
+    def varlen(self) -> bool:
+        return self.cu_seqlens_q is not None
+
+    def dropout_scale(self) -> float:
+        return 0.0 if self.dropout_p >= 1.0 else 1.0 / (1.0 - self.dropout_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int, int]:
+    """[B, H, T, D] strides; a packed view has batch stride 0 (rows come from cu_seqlens)."""
+    s = t.stride()
+    return (0 if varlen else s[0], s[1], s[2], s[3])
+
+
+def _bias_strides(bias: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
+    return tuple(bias.stride()) if bias is not None else (0, 0, 0, 0)
+
+
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _interpreting(device: torch.device) -> bool:
+    return device.type != "cuda"
+
+
+# Tile sizes: (query tile, key tile, warps, pipeline stages) per padded head dim, for the
+# forward, the dk/dv pass and the dq pass. Under the interpreter: small unequal tiles, so
+# tests cross tile borders in both directions. GPU choices were made from the compiled
+# register and spill counts (tests/test_triton_compile.py prints them); they are not yet
+# tuned by timing on a GPU.
+_INTERPRETER_CONFIGS = {
+    "forward": TileConfig(32, 16, 4, 1),
+    "dkdv": TileConfig(16, 32, 4, 1),
+    "dq": TileConfig(32, 16, 4, 1),
+}
+_GPU_CONFIGS = {  # pass -> {max padded head dim: config}
+    "forward": {64: TileConfig(128, 64, 8, 3), 128: TileConfig(128, 64, 8, 3), 256: TileConfig(64, 64, 4, 2)},
+    "dkdv": {64: TileConfig(32, 128, 8, 3), 128: TileConfig(32, 128, 8, 3), 256: TileConfig(32, 64, 8, 2)},
+    "dq": {64: TileConfig(128, 32, 8, 3), 128: TileConfig(128, 32, 8, 3), 256: TileConfig(64, 32, 8, 2)},
+}
+
+
+def tile_config(kernel_pass: str, block_d: int, interpreting: bool) -> TileConfig:
+    """The tiles of ``kernel_pass`` ("forward", "dkdv" or "dq") for a padded head dim."""
+    if interpreting:
+        return _INTERPRETER_CONFIGS[kernel_pass]
+    return next(c for d, c in _GPU_CONFIGS[kernel_pass].items() if block_d <= d)
+
+
+def _common_meta(q, v, bias, options: Options) -> dict:
+    is_fp32 = q.dtype == torch.float32
+    return dict(
+        BLOCK_D=_block_d(q.shape[-1]),
+        BLOCK_DV=_block_d(v.shape[-1]),
+        VARLEN=options.varlen,
+        BOTTOM_RIGHT=options.bottom_right,
+        HAS_LEFT=options.window_left >= 0,
+        HAS_RIGHT=options.window_right >= 0,
+        SOFTCAP=options.softcap > 0,
+        BIAS_KIND=0 if bias is None else (2 if bias.dtype == torch.bool else 1),
+        DROPOUT=options.dropout_p > 0,
+        # float32 inputs get true float32 products (tf32 would cost ~1e-3 relative error).
+        PRECISION="ieee" if is_fp32 else "tf32",
+    )
+
+
+def _scalars(options: Options) -> tuple:
+    return (
+        options.max_seqlen_q, options.max_seqlen_k, options.scale, options.softcap,
+        max(options.window_left, 0), max(options.window_right, 0), options.dropout_p, options.dropout_scale(),
+    )
+
+
+def _aux(q: torch.Tensor, bias, options: Options) -> tuple:
+    """Pointer arguments that may be absent: a valid tensor stands in (never read)."""
+    bias_arg = bias.view(torch.uint8) if bias is not None and bias.dtype == torch.bool else bias
+    return (
+        bias_arg if bias is not None else q,
+        options.cu_seqlens_q if options.varlen else q,
+        options.cu_seqlens_k if options.varlen else q,
+        options.seed if options.seed is not None else q,
+    )
+
+
+def attention_forward(q, k, v, bias, out, lse, options: Options) -> None:
+    """Writes out [B, Hq, Tq, Dv] and lse [B, Hq, Tq] (float32) for [B, H, T, D] views."""
+    batch, num_heads = (options.cu_seqlens_q.numel() - 1, q.shape[1]) if options.varlen else q.shape[:2]
+    if batch == 0 or num_heads == 0 or options.max_seqlen_q == 0:
+        return
+    meta = _common_meta(q, v, bias, options)
+    config = tile_config("forward", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device))
+    bias_arg, cu_q, cu_k, seed = _aux(q, bias, options)
+    grid = (triton.cdiv(options.max_seqlen_q, config.block_m), batch * num_heads)
+    torch.library.wrap_triton(_forward_kernel)[grid](
+        q, k, v, bias_arg, out, lse, cu_q, cu_k, seed,
+        *_strides(q, options.varlen), *_strides(k, options.varlen), *_strides(v, options.varlen),
+        *_strides(out, options.varlen), *_bias_strides(bias),
+        0 if options.varlen else lse.stride(0), lse.stride(1),
+        num_heads, num_heads // k.shape[1], *_scalars(options), q.shape[-1], v.shape[-1],
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, num_warps=config.num_warps,
+        num_stages=config.num_stages, **meta,
+    )
+
+
+def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, options: Options, *,
+                       deterministic: bool) -> None:
+    """Writes dq, dk, dv (and dbias [B, Hq, Tq, Tk] float32, zero-initialised, when given)."""
+    batch, num_heads = (options.cu_seqlens_q.numel() - 1, q.shape[1]) if options.varlen else q.shape[:2]
+    num_kv_heads = k.shape[1]
+    if batch == 0 or num_heads == 0:
+        return
+    if options.max_seqlen_q == 0 or options.max_seqlen_k == 0:  # nothing attends: all gradients are 0
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+        return
+    varlen = options.varlen
+    meta = _common_meta(q, v, bias, options)
+    config = tile_config("dkdv", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device))
+    bias_arg, cu_q, cu_k, seed = _aux(q, bias, options)
+    lse_strides = (0 if varlen else lse.stride(0), lse.stride(1))
+    # Keys of a sequence shorter than max_seqlen_k are never visited by a program: the
+    # packed dk/dv rows all belong to some sequence, so every row is written.
+    delta = torch.empty_like(lse)
+    preprocess_block = 32 if _interpreting(q.device) else 64
+    torch.library.wrap_triton(_backward_preprocess_kernel)[
+        (triton.cdiv(options.max_seqlen_q, preprocess_block), batch * num_heads)
+    ](
+        out, grad_out, delta, cu_q, *_strides(out, varlen), *_strides(grad_out, varlen), *lse_strides,
+        num_heads, options.max_seqlen_q, v.shape[-1],
+        BLOCK_M=preprocess_block, BLOCK_DV=meta["BLOCK_DV"], VARLEN=varlen,
+    )
+    atomic_dq = not deterministic
+    dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device) if atomic_dq else dq
+    dbias_arg = dbias if dbias is not None else q
+    dbias_strides = tuple(dbias.stride()[:3]) if dbias is not None else (0, 0, 0)
+    torch.library.wrap_triton(_backward_dkdv_kernel)[
+        (triton.cdiv(options.max_seqlen_k, config.block_n), batch * num_kv_heads)
+    ](
+        q, k, v, grad_out, lse, delta, bias_arg, dbias_arg, dq_acc, dk, dv, cu_q, cu_k, seed,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
+        *_bias_strides(bias), *dbias_strides, *_strides(dq_acc, varlen)[:3], *_strides(dk, varlen),
+        *_strides(dv, varlen), *lse_strides,
+        num_kv_heads, num_heads // num_kv_heads, *_scalars(options), q.shape[-1], v.shape[-1],
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BIAS_GRAD=dbias is not None, ATOMIC_DQ=atomic_dq,
+        num_warps=config.num_warps, num_stages=config.num_stages, **meta,
+    )
+    if atomic_dq:
+        dq.copy_(dq_acc)
+        return
+    dq_config = tile_config("dq", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device))
+    torch.library.wrap_triton(_backward_dq_kernel)[
+        (triton.cdiv(options.max_seqlen_q, dq_config.block_m), batch * num_heads)
+    ](
+        q, k, v, grad_out, lse, delta, bias_arg, dq, cu_q, cu_k, seed,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
+        *_bias_strides(bias), *_strides(dq, varlen), *lse_strides,
+        num_heads, num_heads // num_kv_heads, *_scalars(options), q.shape[-1], v.shape[-1],
+        BLOCK_M=dq_config.block_m, BLOCK_N=dq_config.block_n, num_warps=dq_config.num_warps,
+        num_stages=dq_config.num_stages, **meta,
+    )
+
+def dropout_keep_mask(seed: torch.Tensor, batch: int, heads: int, seqlen_q: int, seqlen_k: int,
+                      dropout_p: float) -> torch.Tensor:
+    """The keep decisions (bool [batch, heads, seqlen_q, seqlen_k], True = kept) that the
+    attention kernels make for a dense input with this seed and dropout_p."""
+    mask = torch.zeros((batch, heads, seqlen_q, seqlen_k), dtype=torch.int8, device=seed.device)
+    if mask.numel():
+        block = 16 if _interpreting(seed.device) else 64
+        _dropout_mask_kernel[(triton.cdiv(seqlen_q, block), batch * heads)](
+            mask, seed, heads, seqlen_q, seqlen_k, float(dropout_p), BLOCK_M=block, BLOCK_N=block
+        )
+    return mask.bool()
