@@ -613,9 +613,9 @@ _INTERPRETER_CONFIGS = {
     "dq": TileConfig(32, 16, 4, 1),
 }
 _GPU_CONFIGS = {  # pass -> {max padded head dim: config}
-    "forward": {64: TileConfig(128, 64, 8, 3), 128: TileConfig(128, 64, 8, 3), 256: TileConfig(64, 64, 4, 2)},
-    "dkdv": {64: TileConfig(32, 128, 8, 3), 128: TileConfig(32, 128, 8, 3), 256: TileConfig(32, 64, 8, 2)},
-    "dq": {64: TileConfig(128, 32, 8, 3), 128: TileConfig(128, 32, 8, 3), 256: TileConfig(64, 32, 8, 2)},
+    "forward": {64: TileConfig(128, 64, 8, 3), 128: TileConfig(128, 64, 8, 3), 256: TileConfig(64, 32, 8, 2)},
+    "dkdv": {64: TileConfig(32, 128, 8, 3), 128: TileConfig(32, 128, 8, 3), 256: TileConfig(16, 64, 8, 2)},
+    "dq": {64: TileConfig(128, 32, 8, 3), 128: TileConfig(128, 32, 8, 3), 256: TileConfig(32, 32, 4, 2)},
 }
 
 

@@ -32,11 +32,11 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print the register/spill report the nvcc compile check collected."""
+    """Print the register/spill report the nvcc and Triton compile checks collected."""
     from test_cuda_compile import COMPILE_REPORT
 
     lines = config.stash.get(COMPILE_REPORT, [])
     if lines:
-        terminalreporter.section("CUDA kernels: registers and spills (ptxas)")
+        terminalreporter.section("GPU kernels (nvcc and Triton): registers and spills (ptxas)")
         for line in lines:
             terminalreporter.write_line(line)

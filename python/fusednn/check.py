@@ -94,11 +94,28 @@ def _case_rms_norm(dtype, device) -> str:
     )
 
 
+def _case_attention(dtype, device) -> str:
+    # GQA, a causal window, a float bias and softcap in one case; lengths cross tile borders.
+    B, Hq, Hkv, T, D = 2, 4, 2, 97, 64
+    q, k, v = torch.randn(B, Hq, T, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, D)
+    bias = torch.randn(1, Hq, T, T)
+    options = dict(causal=True, window=(40, 0), softcap=20.0)
+
+    def ours(q, k, v, bias):
+        return ops.attention(q, k, v, attn_bias=bias, **options)
+
+    def ref(q, k, v, bias):  # upcast=False: the low-precision baseline of the 2x rule
+        return reference.attention(q, k, v, attn_bias=bias, upcast=False, **options)
+
+    return _compare("attention", ours, ref, [q, k, v, bias], dtype, device)
+
+
 # op name -> (case, the kernel backends the op has)
 CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "lstm": (_case_lstm, ("cuda", "cpu")),
     "layer_norm": (_case_layer_norm, ("triton",)),
     "rms_norm": (_case_rms_norm, ("triton",)),
+    "attention": (_case_attention, ("triton",)),
 }
 
 

@@ -62,6 +62,7 @@ def attention(
     dropout_mask: Optional[Tensor] = None,
     return_lse: bool = False,
     alignment: str = "top_left",
+    upcast: bool = True,
 ):
     """q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv]; Hq a multiple of Hkv.
 
@@ -69,8 +70,13 @@ def attention(
     broadcastable to [B, Hq, Tq, Tk]; when dropout_p > 0 and it is None, one is drawn with
     torch's generator. Returns out [B, Hq, Tq, Dv] in q's dtype, and lse [B, Hq, Tq]
     (float32, natural log; -inf for rows that see no key) when return_lse.
+
+    ``upcast=False`` does the two matrix products in q's dtype (scores rounded to it, the
+    probabilities rounded before the product with v; softmax still in float32): PyTorch's
+    low-precision computation, the baseline of the 2x error rule for float16/bfloat16.
     """
-    compute = torch.promote_types(q.dtype, torch.float32)
+    softmax_dtype = torch.promote_types(q.dtype, torch.float32)
+    compute = softmax_dtype if upcast else q.dtype
     Hq, Tq, D = q.shape[-3], q.shape[-2], q.shape[-1]
     Hkv, Tk = k.shape[-3], k.shape[-2]
     group = Hq // Hkv
@@ -79,7 +85,7 @@ def attention(
         kf = kf.repeat_interleave(group, dim=-3)
         vf = vf.repeat_interleave(group, dim=-3)
     scale = D**-0.5 if scale is None else scale
-    s = (qf @ kf.transpose(-1, -2)) * scale
+    s = (qf @ kf.transpose(-1, -2)).to(softmax_dtype) * scale
     if softcap is not None and softcap > 0:
         s = softcap * torch.tanh(s / softcap)
     hidden = None
@@ -87,7 +93,7 @@ def attention(
         if attn_bias.dtype == torch.bool:
             hidden = ~attn_bias
         else:
-            s = s + attn_bias.to(compute)
+            s = s + attn_bias.to(s.dtype)
     visible = visible_keys(Tq, Tk, causal=causal, window=window, alignment=alignment, device=q.device)
     if visible is not None:
         hidden = ~visible if hidden is None else (hidden | ~visible)
@@ -99,8 +105,8 @@ def attention(
     if dropout_p > 0.0:
         if dropout_mask is None:
             dropout_mask = torch.rand(p.shape, device=p.device) >= dropout_p
-        p = p * dropout_mask.to(compute) / (1.0 - dropout_p)
-    out = (p @ vf).to(q.dtype)
+        p = p * dropout_mask.to(p.dtype) / (1.0 - dropout_p)
+    out = (p.to(compute) @ vf).to(q.dtype)
     if return_lse:
         return out, lse.float()
     return out
