@@ -188,7 +188,7 @@ def print_table(rows: Iterable[Row]) -> None:
 
 def run(ops: list[str] | None, quick: bool, out_dir: str, device: torch.device | None = None) -> str:
     """Run the benchmarks of ``ops`` (all when None); returns the JSON path."""
-    from . import normalization, recurrent  # noqa: F401  (register their benchmarks)
+    from . import exact_attention, normalization, recurrent  # noqa: F401  (register their benchmarks)
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = ops or list(BENCHES)
