@@ -45,7 +45,7 @@ def attention_cases() -> list[dict]:
         ("causal", "bf16", 128, flags(HAS_RIGHT=True), False),
         ("all-options", "bf16", 128, everything, False),
         ("fp32-bool-mask", "fp32", 64, flags(BIAS_KIND=2, PRECISION="ieee"), False),
-        ("fp16-window", "fp16", 128, flags(HAS_LEFT=True, HAS_RIGHT=True), False),
+        ("fp16-window", "fp16", 80, flags(HAS_LEFT=True, HAS_RIGHT=True), False),
     ]
     cases = []
     for name, dtype, d, meta, every_arch in variants:
@@ -53,14 +53,15 @@ def attention_cases() -> list[dict]:
         pointers = dict(Q=tensor, K=tensor, V=tensor, Out=tensor, DOut=tensor, DK=tensor, DV_=tensor, DQ=tensor,
                         Bias="*u8" if meta["BIAS_KIND"] == 2 else "*fp32", Lse="*fp32", Delta="*fp32",
                         DBias="*fp32", DQAcc="*fp32", CuQ="*i32", CuK="*i32", Seed="*i64")
-        dims = dict(BLOCK_D=d, BLOCK_DV=d)
+        block_d = max(16, 1 << (d - 1).bit_length())
+        dims = dict(D=d, DV=d, BLOCK_D=block_d, BLOCK_DV=block_d)
         archs = ARCHS if every_arch else ARCHS[:1]
         for kernel_pass, fn, extra in (
             ("forward", "_forward_kernel", {}),
             ("dkdv", "_backward_dkdv_kernel", dict(BIAS_GRAD=meta["BIAS_KIND"] == 1, ATOMIC_DQ=name != "plain")),
             ("dq", "_backward_dq_kernel", {}),
         ):
-            config = ka.tile_config(kernel_pass, d, interpreting=False)
+            config = ka.tile_config(kernel_pass, block_d, interpreting=False)
             constexprs = dict(meta, **dims, **extra, BLOCK_M=config.block_m, BLOCK_N=config.block_n)
             for arch in archs:
                 cases.append(dict(name=f"attention {kernel_pass} {name} {dtype} D={d}", fn=fn, arch=arch,
@@ -69,7 +70,7 @@ def attention_cases() -> list[dict]:
     for arch in ARCHS:
         cases.append(dict(name="attention preprocess bf16 D=128", fn="_backward_preprocess_kernel", arch=arch,
                           pointers=dict(Out="*bf16", DOut="*bf16", Delta="*fp32", CuQ="*i32"),
-                          constexprs=dict(BLOCK_M=64, BLOCK_DV=128, VARLEN=True), warps=4, stages=1))
+                          constexprs=dict(BLOCK_M=64, DV=128, BLOCK_DV=128, VARLEN=True), warps=4, stages=1))
     cases.append(dict(name="attention dropout mask", fn="_dropout_mask_kernel", arch=90,
                       pointers=dict(Mask="*i8", Seed="*i64"), constexprs=dict(BLOCK_M=64, BLOCK_N=64), warps=4,
                       stages=1))
