@@ -13,8 +13,8 @@ bottom-right alignment, else 0) and sees keys ``pos - window_left <= j <= pos + 
 Softmax runs in base 2 (scores times log2(e)); the log-sum-exp is stored in natural log.
 
 Tile skipping: for a block of queries (keys in the backward) only the key (query) tiles
-that intersect the band are visited, in three segments: partially visible tiles, fully
-visible tiles (no masking arithmetic), partially visible tiles. Time grows with T x band.
+that intersect the band are visited: one loop over the partially visible tiles (masked) and
+one over the fully visible tiles (no masking arithmetic). Time grows with T x band.
 
 Dropout: the keep decision of element (i, j) of head (b, h) is ``rand(seed + b*H + h,
 i * Tk + j) >= p`` (Philox, ``tl.rand``); the backward regenerates the same mask.
@@ -85,18 +85,29 @@ def _segments(lo_bound, hi_bound, full_lo, full_hi, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _segment(segment: tl.constexpr, lo, s1, s2, hi):
-    """Bounds of segment 0 (partial), 1 (fully visible) or 2 (partial); see _segments."""
-    if segment == 0:
-        start = lo
-        end = s1
-    elif segment == 1:
-        start = s1
-        end = s2
+def _tile_runs(partial: tl.constexpr, lo, s1, s2, hi, BLOCK: tl.constexpr):
+    """The tiles one loop visits, as (first, n_first, second, count): tile t starts at
+    first + t * BLOCK for t < n_first, else at second + (t - n_first) * BLOCK. ``partial``
+    gives both partially visible segments [lo, s1) and [s2, hi) (one masked loop: a third
+    loop raises register pressure), otherwise the fully visible [s1, s2)."""
+    if partial:
+        first = lo
+        n_first = tl.cdiv(tl.maximum(s1 - lo, 0), BLOCK)
+        count = n_first + tl.cdiv(tl.maximum(hi - s2, 0), BLOCK)
     else:
-        start = s2
-        end = hi
-    return start, end
+        first = s1
+        n_first = tl.cdiv(tl.maximum(s2 - s1, 0), BLOCK)
+        count = n_first
+    return first, n_first, s2, count
+
+
+@triton.jit
+def _tile_start(t, first, n_first, second, BLOCK: tl.constexpr, PARTIAL: tl.constexpr):
+    if PARTIAL:
+        start = tl.where(t < n_first, first + t * BLOCK, second + (t - n_first) * BLOCK)
+    else:  # one contiguous run: plain address arithmetic for the pipeliner
+        start = first + t * BLOCK
+    return start
 
 
 @triton.jit
@@ -180,7 +191,7 @@ def _keep(seed, bh, rows, cols, k_len, dropout_p):
 
 @triton.jit
 def _forward_tiles(
-    acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, start, end,
+    acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
     stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
     q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale,
     D, DV,
@@ -190,8 +201,8 @@ def _forward_tiles(
 ):
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    for n0 in range(start, end, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
+    for t in range(0, count):
+        cols = _tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
         col_ok = cols < k_len
         kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
         qk = tl.dot(q, kt, input_precision=PRECISION)
@@ -257,13 +268,13 @@ def _forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     lo, s1, s2, hi = _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
                                    HAS_LEFT, HAS_RIGHT)
-    for segment in tl.static_range(3):
-        start, end = _segment(segment, lo, s1, s2, hi)
+    for run in tl.static_range(2):  # the partially visible key tiles (masked), then the fully visible
+        first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
         acc, l_i, m_i = _forward_tiles(
-            acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, start, end,
+            acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
             stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
             q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale,
-            D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, segment != 1, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND,
+            D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND,
             DROPOUT, PRECISION,
         )
 
@@ -318,20 +329,20 @@ def _load_lse2(Lse, rows, row_ok):
 @triton.jit
 def _backward_dkdv_tiles(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed, bh,
-    start, end,
+    first, n_first, second, count,
     stride_qt, stride_qd, stride_gt, stride_gd, stride_bias_q, stride_bias_k, stride_dbias_q, stride_dq_t,
     q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Adds the contributions of query tiles [start, end) to dk, dv ([BLOCK_N, D] float32);
+    """Adds the contributions of the query tiles (see _tile_runs) to dk, dv ([BLOCK_N, D] float32);
     works on transposed [keys, queries] tiles. With ATOMIC_DQ also adds dq (float32 atomics)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     col_ok = cols < k_len
-    for m0 in range(start, end, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
+    for t in range(0, count):
+        rows = _tile_start(t, first, n_first, second, BLOCK_M, MASKED) + tl.arange(0, BLOCK_M)
         row_ok = rows < q_len
         qt = _load_tile(q_base, offs_d, rows, stride_qd, stride_qt, D, q_len)
         qkt = tl.dot(k, qt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
@@ -420,14 +431,14 @@ def _backward_dkdv_kernel(
         bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
         dbias_base = DBias + b64 * stride_dbias_b + h64 * stride_dbias_h
         dq_base = DQAcc + b64 * stride_dq_b + h64 * stride_dq_h + q_row0 * stride_dq_t
-        for segment in tl.static_range(3):
-            start, end = _segment(segment, lo, s1, s2, hi)
+        for run in tl.static_range(2):  # the partially visible query tiles (masked), then the fully visible
+            first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_M)
             dk, dv = _backward_dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed,
-                bh, start, end,
+                bh, first, n_first, second, count,
                 stride_qt, stride_qd, stride_gt, stride_gd, stride_bias_q, stride_bias_k, stride_dbias_q,
                 stride_dq_t, q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p,
-                dropout_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, segment != 1, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                dropout_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP,
                 BIAS_KIND, BIAS_GRAD, DROPOUT, ATOMIC_DQ, PRECISION,
             )
     dk = dk * sm_scale
@@ -441,7 +452,7 @@ def _backward_dkdv_kernel(
 
 @triton.jit
 def _backward_dq_tiles(
-    dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, start, end,
+    dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
     stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
     q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
@@ -451,8 +462,8 @@ def _backward_dq_tiles(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = rows < q_len
-    for n0 in range(start, end, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
+    for t in range(0, count):
+        cols = _tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
         col_ok = cols < k_len
         kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
         vt = _load_tile(v_base, offs_dv, cols, stride_vd, stride_vt, DV, k_len)
@@ -520,13 +531,13 @@ def _backward_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, s1, s2, hi = _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
                                    HAS_LEFT, HAS_RIGHT)
-    for segment in tl.static_range(3):
-        start, end = _segment(segment, lo, s1, s2, hi)
+    for run in tl.static_range(2):  # the partially visible key tiles (masked), then the fully visible
+        first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
         dq = _backward_dq_tiles(
-            dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, start, end,
+            dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
             stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
             q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
-            BLOCK_N, BLOCK_D, BLOCK_DV, segment != 1, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND, DROPOUT, PRECISION,
+            BLOCK_N, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND, DROPOUT, PRECISION,
         )
     dq = dq * sm_scale
     tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + (q_row0 + rows[:, None]) * stride_dqt
