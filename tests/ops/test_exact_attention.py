@@ -434,7 +434,8 @@ def test_dropout_matches_reference_with_the_kernels_mask(device, dtype, shape, o
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-@pytest.mark.parametrize("dropout_p", [0.1, 0.5, 0.8])
+# 0.5 alone would miss an inverted comparison (keep when rand < p); 0.8 repeats 0.1 mirrored
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5, pytest.param(0.8, marks=pytest.mark.slow)])
 def test_dropout_keep_fraction(device, dropout_p):
     B, H, Tq, Tk = 2, 4, 128, 100  # 102,400 decisions
     mask = _kernel_keep_mask(99, dropout_p, B, H, Tq, Tk, device).cpu()
@@ -468,8 +469,12 @@ def test_dropout_seed_follows_torch_generator(device):
     assert not torch.equal(fusednn.ops.attention(q, k, v, dropout_p=0.4), fusednn.ops.attention(q, k, v, dropout_p=0.4))
 
 
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES[:1])
+@pytest.mark.parametrize(
+    "device, dtype", DEVICE_DTYPES[:1] + [pytest.param("cpu", torch.float64, id="cpu-float64-reference")]
+)
 def test_dropout_p_one_drops_everything(device, dtype):
+    """As torch's dropout: p = 1 zeroes the output and every gradient (float64 inputs run the
+    reference, which must keep the same promise)."""
     q, k, v = _qkv(1, 2, 2, 17, 17, 16, 16, dtype, device)
     out = fusednn.ops.attention(q, k, v, dropout_p=1.0)
     grads = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
@@ -676,6 +681,21 @@ def test_float64_runs_the_reference_and_gradchecks():
     assert_close(fn(q, k, v, bias), expected)
 
 
+def test_float64_row_of_minus_inf_bias_has_zero_gradients():
+    """float64 inputs run fusednn.reference.attention: a float bias row of -inf must give
+    output 0 and zero (not NaN) gradients there too."""
+    q, k, v = _qkv(1, 1, 1, 4, 5, 8, 8, torch.float64, "cpu")
+    bias = torch.randn(4, 5, dtype=torch.float64)
+    bias[1] = float("-inf")
+    bias.requires_grad_()
+    out = fusednn.ops.attention(q, k, v, attn_bias=bias)
+    grads = torch.autograd.grad(out, (q, k, v, bias), torch.randn_like(out))
+    assert torch.all(out[:, :, 1] == 0)
+    for name, grad in zip(("q", "k", "v", "attn_bias"), grads):
+        assert not grad.isnan().any(), f"grad {name} has NaN"
+    assert torch.all(grads[0][:, :, 1] == 0) and torch.all(grads[3][1] == 0)
+
+
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_forced_triton_with_float64_raises(device):
     q = torch.randn(1, 1, 3, 4, dtype=torch.float64, device=device)
@@ -837,7 +857,7 @@ _sdpa = fusednn.ops.scaled_dot_product_attention
         (lambda: _sdpa(_Q, _Q, _Q, attn_mask=torch.ones(5, 5, dtype=torch.bool), is_causal=True), ValueError,
          r"attn_mask.*is_causal"),
         (lambda: _sdpa(_Q, _Q, _Q, attn_mask=torch.ones(4, 5)), ValueError, r"attn_mask.*broadcastable.*\(4, 5\)"),
-        (lambda: _sdpa(_Q, _K[:, :, :, :], _V, enable_gqa=False), ValueError, r"leading dims.*do not broadcast"),
+        (lambda: _sdpa(_Q, _K, _V, enable_gqa=False), ValueError, r"leading dims.*do not broadcast"),
         (lambda: _sdpa(_Q[:, :3], _K, _V, enable_gqa=True), ValueError, r"enable_gqa.*query heads \(3\).*\(2\)"),
         (lambda: _sdpa(torch.randn(8), torch.randn(8), torch.randn(8)), ValueError, r"query.*at least 2 dims"),
     ],

@@ -99,13 +99,17 @@ def attention(
         hidden = ~visible if hidden is None else (hidden | ~visible)
     if hidden is not None:
         s = s.masked_fill(hidden, float("-inf"))
+    # Rows without a visible key: lse is -inf and the probabilities (and gradients) are 0.
+    # Their scores are replaced before the softmax, so no -inf - -inf reaches autograd.
+    empty = (s == float("-inf")).all(dim=-1, keepdim=True)
+    s = s.masked_fill(empty, 0.0)
     lse = torch.logsumexp(s, dim=-1)
-    # Rows without a visible key: lse is -inf and the probabilities are defined as 0.
-    p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)[..., None])
+    p = torch.exp(s - lse[..., None]).masked_fill(empty, 0.0)
+    lse = lse.masked_fill(empty[..., 0], float("-inf"))
     if dropout_p > 0.0:
         if dropout_mask is None:
             dropout_mask = torch.rand(p.shape, device=p.device) >= dropout_p
-        p = p * dropout_mask.to(p.dtype) / (1.0 - dropout_p)
+        p = p * dropout_mask.to(p.dtype) * (0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p))
     out = (p.to(compute) @ vf).to(q.dtype)
     if return_lse:
         return out, lse.float()
