@@ -118,6 +118,19 @@ def _load_tile(base, rows, cols, stride_row, stride_col, n_rows, n_cols):
 
 
 @triton.jit
+def _head_ptr(X, b64, h64, row0, stride_b, stride_h, stride_t):
+    """Pointer to row ``row0`` of head (b, h) of a [B, H, T, D] tensor (int64 offsets)."""
+    return X + b64 * stride_b + h64 * stride_h + row0.to(tl.int64) * stride_t
+
+
+@triton.jit
+def _store_tile(base, rows, cols, stride_row, stride_col, n_rows, n_cols, value):
+    """Store ``value`` (cast to the pointee dtype) into the tile _load_tile reads."""
+    tl.store(base + rows[:, None] * stride_row + cols[None, :] * stride_col, value.to(base.dtype.element_ty),
+             mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+
+
+@triton.jit
 def _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
     """Key tiles seen by the queries m0 .. m0 + BLOCK_M - 1."""
@@ -254,9 +267,9 @@ def _forward_kernel(
     row_ok = rows < q_len
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q_base = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
-    k_base = K + b64 * stride_kb + hkv64 * stride_kh + k_start.to(tl.int64) * stride_kt
-    v_base = V + b64 * stride_vb + hkv64 * stride_vh + k_start.to(tl.int64) * stride_vt
+    q_base = _head_ptr(Q, b64, h64, q_start, stride_qb, stride_qh, stride_qt)
+    k_base = _head_ptr(K, b64, hkv64, k_start, stride_kb, stride_kh, stride_kt)
+    v_base = _head_ptr(V, b64, hkv64, k_start, stride_vb, stride_vh, stride_vt)
     bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
     q = _load_tile(q_base, rows, offs_d, stride_qt, stride_qd, q_len, D)
     seed = 0
@@ -280,9 +293,8 @@ def _forward_kernel(
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    o_base = Out + b64 * stride_ob + h64 * stride_oh + q_start.to(tl.int64) * stride_ot
-    tl.store(o_base + rows[:, None] * stride_ot + offs_dv[None, :] * stride_od, out.to(Out.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    _store_tile(_head_ptr(Out, b64, h64, q_start, stride_ob, stride_oh, stride_ot), rows, offs_dv, stride_ot, stride_od,
+                q_len, DV, out)
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_start + rows, lse, mask=row_ok)
 
@@ -310,9 +322,9 @@ def _backward_preprocess_kernel(
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     row0 = q_start.to(tl.int64)
-    o = _load_tile(Out + b64 * stride_ob + h64 * stride_oh + row0 * stride_ot, rows, offs_dv, stride_ot, stride_od,
-                   q_len, DV)
-    do = _load_tile(DOut + b64 * stride_gb + h64 * stride_gh + row0 * stride_gt, rows, offs_dv, stride_gt,
+    o = _load_tile(_head_ptr(Out, b64, h64, row0, stride_ob, stride_oh, stride_ot), rows, offs_dv, stride_ot,
+                   stride_od, q_len, DV)
+    do = _load_tile(_head_ptr(DOut, b64, h64, row0, stride_gb, stride_gh, stride_gt), rows, offs_dv, stride_gt,
                     stride_gd, q_len, DV)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + b64 * stride_delta_b + h64 * stride_delta_h + q_start + rows, delta, mask=rows < q_len)
@@ -405,14 +417,13 @@ def _backward_dkdv_kernel(
     b64 = b.to(tl.int64)
     hkv64 = hkv.to(tl.int64)
     cols = n0 + tl.arange(0, BLOCK_N)
-    col_ok = cols < k_len
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     k_row0 = k_start.to(tl.int64)
     q_row0 = q_start.to(tl.int64)
-    k = _load_tile(K + b64 * stride_kb + hkv64 * stride_kh + k_row0 * stride_kt, cols, offs_d, stride_kt, stride_kd,
-                   k_len, D)
-    v = _load_tile(V + b64 * stride_vb + hkv64 * stride_vh + k_row0 * stride_vt, cols, offs_dv, stride_vt,
+    k = _load_tile(_head_ptr(K, b64, hkv64, k_row0, stride_kb, stride_kh, stride_kt), cols, offs_d, stride_kt,
+                   stride_kd, k_len, D)
+    v = _load_tile(_head_ptr(V, b64, hkv64, k_row0, stride_vb, stride_vh, stride_vt), cols, offs_dv, stride_vt,
                    stride_vd, k_len, DV)
     seed = 0
     if DROPOUT:
@@ -424,13 +435,13 @@ def _backward_dkdv_kernel(
     for g in range(0, group):
         h64 = hkv64 * group + g
         bh = b * num_kv_heads * group + hkv * group + g
-        q_base = Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qt
-        do_base = DOut + b64 * stride_gb + h64 * stride_gh + q_row0 * stride_gt
+        q_base = _head_ptr(Q, b64, h64, q_row0, stride_qb, stride_qh, stride_qt)
+        do_base = _head_ptr(DOut, b64, h64, q_row0, stride_gb, stride_gh, stride_gt)
         lse_base = Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_row0
         delta_base = Delta + b64 * stride_lse_b + h64 * stride_lse_h + q_row0
         bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
         dbias_base = DBias + b64 * stride_dbias_b + h64 * stride_dbias_h
-        dq_base = DQAcc + b64 * stride_dq_b + h64 * stride_dq_h + q_row0 * stride_dq_t
+        dq_base = _head_ptr(DQAcc, b64, h64, q_row0, stride_dq_b, stride_dq_h, stride_dq_t)
         for run in tl.static_range(2):  # the partially visible query tiles (masked), then the fully visible
             first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_M)
             dk, dv = _backward_dkdv_tiles(
@@ -442,12 +453,10 @@ def _backward_dkdv_kernel(
                 BIAS_KIND, BIAS_GRAD, DROPOUT, ATOMIC_DQ, PRECISION,
             )
     dk = dk * sm_scale
-    tl.store(DK + b64 * stride_dkb + hkv64 * stride_dkh + (k_row0 + cols[:, None]) * stride_dkt
-             + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty),
-             mask=col_ok[:, None] & (offs_d[None, :] < D))
-    tl.store(DV_ + b64 * stride_dvb + hkv64 * stride_dvh + (k_row0 + cols[:, None]) * stride_dvt
-             + offs_dv[None, :] * stride_dvd, dv.to(DV_.dtype.element_ty),
-             mask=col_ok[:, None] & (offs_dv[None, :] < DV))
+    _store_tile(_head_ptr(DK, b64, hkv64, k_row0, stride_dkb, stride_dkh, stride_dkt), cols, offs_d, stride_dkt,
+                stride_dkd, k_len, D, dk)
+    _store_tile(_head_ptr(DV_, b64, hkv64, k_row0, stride_dvb, stride_dvh, stride_dvt), cols, offs_dv, stride_dvt,
+                stride_dvd, k_len, DV, dv)
 
 
 @triton.jit
@@ -516,14 +525,14 @@ def _backward_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_row0 = q_start.to(tl.int64)
-    q = _load_tile(Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qt, rows, offs_d, stride_qt, stride_qd,
-                   q_len, D)
-    do = _load_tile(DOut + b64 * stride_gb + h64 * stride_gh + q_row0 * stride_gt, rows, offs_dv, stride_gt,
+    q = _load_tile(_head_ptr(Q, b64, h64, q_row0, stride_qb, stride_qh, stride_qt), rows, offs_d, stride_qt,
+                   stride_qd, q_len, D)
+    do = _load_tile(_head_ptr(DOut, b64, h64, q_row0, stride_gb, stride_gh, stride_gt), rows, offs_dv, stride_gt,
                     stride_gd, q_len, DV)
     lse2 = _load_lse2(Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_row0, rows, row_ok)
     delta = tl.load(Delta + b64 * stride_lse_b + h64 * stride_lse_h + q_row0 + rows, mask=row_ok, other=0.0)
-    k_base = K + b64 * stride_kb + hkv64 * stride_kh + k_start.to(tl.int64) * stride_kt
-    v_base = V + b64 * stride_vb + hkv64 * stride_vh + k_start.to(tl.int64) * stride_vt
+    k_base = _head_ptr(K, b64, hkv64, k_start, stride_kb, stride_kh, stride_kt)
+    v_base = _head_ptr(V, b64, hkv64, k_start, stride_vb, stride_vh, stride_vt)
     bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
     seed = 0
     if DROPOUT:
@@ -540,9 +549,8 @@ def _backward_dq_kernel(
             BLOCK_N, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND, DROPOUT, PRECISION,
         )
     dq = dq * sm_scale
-    tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + (q_row0 + rows[:, None]) * stride_dqt
-             + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_d[None, :] < D))
+    _store_tile(_head_ptr(DQ, b64, h64, q_row0, stride_dqb, stride_dqh, stride_dqt), rows, offs_d, stride_dqt,
+                stride_dqd, q_len, D, dq)
 
 
 @triton.jit

@@ -174,6 +174,12 @@ if _POISON and _C is not None:
     _C._set_poison_outputs(True)
 
 
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its last dim has unit stride (or size <= 1), else a contiguous copy:
+    the kernels take any other strides but load the last dim as contiguous vectors."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
 def empty(*size, **kwargs) -> torch.Tensor:
     """``torch.empty`` for kernel outputs: NaN-filled while poisoning is on."""
     out = torch.empty(*size, **kwargs)

@@ -11,11 +11,12 @@ Registered ops (one pair serves the dense and the packed layout):
   cu_seqlens_k?, max_seqlen_q, max_seqlen_k, scale, softcap, window_left, window_right,
   bottom_right, dropout_p, seed?, bias_grad, deterministic) -> (dq, dk, dv, dbias)``
 
-Encoding of the options in the schema: ``softcap`` 0 = none; window sides -1 = unbounded
-(causal is window_right = 0); ``seed`` is an int64 [1] tensor on q's device (None without
-dropout). Dense: q [B, Hq, Tq, D], lse [B, Hq, Tq]. Packed: q [total_q, Hq, D], lse
+``bias`` is a bool mask or float bias of shape [B, Hq, Tq, Tk] (any strides: the public
+functions pass an expanded view of a broadcastable one). Encoding of the options in the
+schema: ``softcap`` 0 = none; window sides -1 = unbounded (causal is window_right = 0);
+``seed`` is an int64 [1] tensor on q's device (None without dropout). Dense: q [B, Hq, Tq, D], lse [B, Hq, Tq]. Packed: q [total_q, Hq, D], lse
 [1, Hq, total_q]. ``dbias`` is the gradient of the scores after softcap, [B, Hq, Tq, Tk] in
-float32, or ``[0]`` unless bias_grad; the autograd formula sums it to the bias's shape.
+float32, or ``[0]`` unless bias_grad; autograd sums it back through the caller's expand.
 """
 
 from __future__ import annotations
@@ -147,8 +148,6 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, bias, cu_seqlens_q, cu_seqlens_k, seed)
     ctx.options = (max_seqlen_q, max_seqlen_k, scale, softcap, window_left, window_right, bottom_right, dropout_p)
     ctx.deterministic = deterministic
-    ctx.bias_shape = tuple(bias.shape) if bias is not None else None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _backward_formula(ctx, grad_out, _grad_lse):
@@ -159,7 +158,9 @@ def _backward_formula(ctx, grad_out, _grad_lse):
         grad_out, q, k, v, out, lse, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap,
         window_left, window_right, bottom_right, dropout_p, seed, bias_grad, ctx.deterministic,
     )
-    grad_bias = dbias.sum_to_size(ctx.bias_shape).to(ctx.bias_dtype) if bias_grad else None
+    # The op takes the bias already broadcast to [B, Hq, Tq, Tk] (the public functions pass an
+    # expanded view), so dbias has its shape; autograd sums it back through the expand.
+    grad_bias = dbias.to(bias.dtype) if bias_grad else None
     return (dq, dk, dv, grad_bias) + (None,) * 12
 
 
@@ -348,11 +349,6 @@ def _use_kernel(op: str, dtype: torch.dtype, device: torch.device) -> bool:
     return True
 
 
-def _unit_head_dim_stride(t: Tensor) -> Tensor:
-    """Any strides work; a head dim that is not contiguous is copied so loads stay coalesced."""
-    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
-
-
 # --------------------------------------------------------------------------- public functions
 
 
@@ -408,7 +404,7 @@ def attention(
             scale=scale_value, softcap=softcap_value or None, attn_bias=attn_bias, dropout_p=float(dropout_p),
             return_lse=return_lse, alignment=alignment,
         )
-    q, k, v = (_unit_head_dim_stride(t) for t in (q, k, v))
+    q, k, v = (_runtime.unit_last_stride(t) for t in (q, k, v))
     out, lse = torch.ops.fusednn.attention_forward(
         q, k, v, bias, None, None, q.shape[2], k.shape[2], scale_value, softcap_value, left, right,
         alignment == "bottom_right", float(dropout_p), _draw_seed(dropout_p, q.device), deterministic,
@@ -458,7 +454,7 @@ def attention_varlen(
             window=window and (None if left < 0 else left, None if right < 0 else right), scale=scale_value,
             softcap=softcap_value or None, dropout_p=float(dropout_p), return_lse=return_lse, alignment=alignment,
         )
-    q, k, v = (_unit_head_dim_stride(t) for t in (q, k, v))
+    q, k, v = (_runtime.unit_last_stride(t) for t in (q, k, v))
     out, lse = torch.ops.fusednn.attention_forward(
         q, k, v, None, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), int(max_seqlen_q),
         int(max_seqlen_k), scale_value, softcap_value, left, right, alignment == "bottom_right", float(dropout_p),

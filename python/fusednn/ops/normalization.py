@@ -35,17 +35,12 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 # --------------------------------------------------------------------------- shared implementation
 
 
-def _unit_column_stride(t: Tensor) -> Tensor:
-    """The kernels take any row stride but need contiguous rows."""
-    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
-
-
 def _stats_empty(x: Tensor) -> Tensor:
     return x.new_empty((x.shape[0],), dtype=_kernels.accumulator_dtype(x.dtype))
 
 
 def _norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, rms: bool):
-    x = _unit_column_stride(x)
+    x = _runtime.unit_last_stride(x)
     n_rows, n_cols = x.shape
     y = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     stat_dtype = _kernels.accumulator_dtype(x.dtype)
@@ -69,8 +64,8 @@ def _norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], e
 def _norm_backward(grad_y, x, weight, mean, rstd, rms, weight_grad, bias_grad):
     if weight_grad and weight is None:
         raise ValueError("weight_grad=True needs a weight")
-    x = _unit_column_stride(x)
-    grad_y = _unit_column_stride(grad_y)
+    x = _runtime.unit_last_stride(x)
+    grad_y = _runtime.unit_last_stride(grad_y)
     grad_x = _runtime.empty(x.shape, dtype=x.dtype, device=x.device)
     dweight, dbias = _kernels.norm_backward(
         grad_y,
