@@ -1,6 +1,7 @@
 # make bench   set up (once) and run `python -m fusednn bench`
 # make test    set up (once) and run the whole test suite
 # make check   set up (once) and run every op once against its reference
+# make deps-check  does the dependency set resolve on plain PyPI (pip's configuration off)?
 #
 # Set-up: a virtual environment in .venv (it sees the system's packages, so an
 # installed torch is kept), the dependencies, and fusednn built in place. The
@@ -13,7 +14,7 @@ DEPS_STAMP  := $(VENV)/.fusednn-deps
 BUILD_STAMP := $(VENV)/.fusednn-build
 CSRC := $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup test test-fast bench check info clean
+.PHONY: setup test test-fast bench check info deps-check clean
 
 setup: $(BUILD_STAMP)
 
@@ -39,6 +40,9 @@ bench: setup
 
 check: setup
 	$(PY) -m fusednn check
+
+deps-check: $(PY)
+	$(PY) tools/ensure_deps.py --check-resolves
 
 info: setup
 	$(PY) -m fusednn info
