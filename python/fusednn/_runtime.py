@@ -29,9 +29,30 @@ BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
 
 # --------------------------------------------------------------------------- extension
 
-try:
-    from fusednn import _C  # noqa: F401  (importing registers the torch.ops.fusednn.* kernels)
+def _load_extension():
+    """Imports fusednn._C: the build in the package, or the one in FUSEDNN_EXTENSION_DIR
+    when that is set (``make sanitize`` points it at an ASan/UBSan build)."""
+    directory = os.environ.get("FUSEDNN_EXTENSION_DIR")
+    if not directory:
+        from fusednn import _C as module
 
+        return module
+    import glob
+    import importlib.util
+    import sys
+
+    paths = sorted(glob.glob(os.path.join(directory, "_C*.so")))
+    if not paths:
+        raise ImportError(f"FUSEDNN_EXTENSION_DIR={directory} holds no _C*.so")
+    spec = importlib.util.spec_from_file_location("fusednn._C", paths[0])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fusednn._C"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+try:
+    _C = _load_extension()  # importing registers the torch.ops.fusednn.* kernels
     _EXTENSION_ERROR: str | None = None
 except ImportError as exc:  # a source tree that was never built
     _C = None
