@@ -27,8 +27,6 @@ namespace fusednn {
 namespace lstm {
 namespace {
 
-at::ScalarType math_type(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
-
 // The active rows of every step: batch_sizes, or all B rows.
 std::vector<int64_t> active_rows_per_step(at::OptionalIntArrayRef batch_sizes, int64_t T, int64_t B) {
   if (!batch_sizes.has_value()) return std::vector<int64_t>(T, B);
@@ -97,16 +95,6 @@ at::Tensor leading_rows(const at::Tensor& t, int64_t n) { return n == t.size(0) 
 
 }  // namespace
 
-Storage storage_of(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return Storage::kFloat32;
-    case at::kDouble: return Storage::kFloat64;
-    case at::kHalf: return Storage::kFloat16;
-    case at::kBFloat16: return Storage::kBFloat16;
-    default: TORCH_CHECK(false, "lstm: unsupported dtype ", dtype, " (float32, float64, float16, bfloat16 are)");
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_forward(
     const PointwiseSteps& steps, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
@@ -117,8 +105,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const std::vector<int64_t> active = active_rows_per_step(batch_sizes, T, B);
   const bool projected = w_hr.has_value();
   const at::TensorOptions options = x.options();
-  const at::TensorOptions math_options = options.dtype(math_type(x.scalar_type()));
-  const bool same_math_type = math_type(x.scalar_type()) == x.scalar_type();
+  const at::ScalarType math_dtype = accumulate_scalar_type(x.scalar_type());
+  const at::TensorOptions math_options = options.dtype(math_dtype);
+  const bool same_math_type = math_dtype == x.scalar_type();
 
   // Input projection of every step at once (the bias is added by the pointwise step).
   at::Tensor input_gates = at::empty({T, B, 4 * H}, options);
@@ -211,7 +200,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const std::vector<int64_t> active = active_rows_per_step(batch_sizes, T, B);
   const bool projected = w_hr.has_value();
   const at::TensorOptions options = x.options();
-  const at::TensorOptions math_options = options.dtype(math_type(x.scalar_type()));
+  const at::ScalarType math_dtype = accumulate_scalar_type(x.scalar_type());
+  const at::TensorOptions math_options = options.dtype(math_dtype);
   TORCH_CHECK(gates.sizes() == at::IntArrayRef({T, B, 4 * H}) && cells.sizes() == at::IntArrayRef({T, B, H}) &&
                   y.sizes() == at::IntArrayRef({T, B, P}) &&
                   (!projected || hidden.sizes() == at::IntArrayRef({T, B, H})),
@@ -292,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (active[t] < B) inputs[t].narrow(0, active[t], B - active[t]).narrow(1, 0, I).zero_();
   }
   at::Tensor grad_w_ih_hh = at::mm(dG.t(), inputs.view({T * B, I + P}));
-  at::Tensor grad_bias = dG.sum(0, /*keepdim=*/false, math_type(x.scalar_type())).to(x.scalar_type());
+  at::Tensor grad_bias = dG.sum(0, /*keepdim=*/false, math_dtype).to(x.scalar_type());
   at::Tensor grad_x = input_grad ? at::mm(dG, w_ih).view({T, B, I}) : at::empty({0}, options);
   at::Tensor grad_w_hr = projected ? at::mm(grad_proj.view({T * B, P}).t(), hidden.reshape({T * B, H}))
                                    : at::empty({0}, options);

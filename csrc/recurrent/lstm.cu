@@ -3,13 +3,11 @@
 // cuBLAS through ATen in lstm.cpp; these kernels fuse everything between them.
 // No torch headers: this file compiles with nvcc alone.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <type_traits>
 
+#include "common/cuda_math.cuh"
 #include "recurrent/lstm.h"
 
 namespace fusednn {
@@ -17,39 +15,13 @@ namespace lstm {
 // A named namespace, not an anonymous one: ptxas reports carry readable kernel names.
 namespace kernels {
 
-// Math type of each storage type: fp32 for the half types, double for double.
-template <typename T>
-struct MathType {
-  using type = float;
-};
-template <>
-struct MathType<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float load(const float* p) { return *p; }
-__device__ __forceinline__ double load(const double* p) { return *p; }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-// Accurate to a few ulp (expf is __expf under --use_fast_math; tanhf is not approximated).
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
-__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
-__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
-
 constexpr int kThreads = 256;
 constexpr int kMaxGridRows = 65535;
 
 // grid.x covers the hidden units of a row, grid.y strides over the batch rows.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) lstm_forward_step_kernel(ForwardStepParams p) {
-  using M = typename MathType<T>::type;
+  using M = accumulate_t<T>;
   const int64_t H = p.hidden;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= H) return;
@@ -78,12 +50,12 @@ __global__ void __launch_bounds__(kThreads) lstm_forward_step_kernel(ForwardStep
     }
     const T* gx = input_gates + b * 4 * H + j;
     const T* gh = hidden_gates + b * 4 * H + j;
-    const M i = sigmoid(load(gx) + load(gh) + bi);
-    const M f = sigmoid(load(gx + H) + load(gh + H) + bf);
-    const M g = tanh_(load(gx + 2 * H) + load(gh + 2 * H) + bg);
-    const M o = sigmoid(load(gx + 3 * H) + load(gh + 3 * H) + bo);
+    const M i = sigmoid_of(load(gx) + load(gh) + bi);
+    const M f = sigmoid_of(load(gx + H) + load(gh + H) + bf);
+    const M g = tanh_of(load(gx + 2 * H) + load(gh + 2 * H) + bg);
+    const M o = sigmoid_of(load(gx + 3 * H) + load(gh + 3 * H) + bo);
     const M c = f * cell[e] + i * g;
-    const M h = o * tanh_(c);
+    const M h = o * tanh_of(c);
     cell[e] = c;
     if (saved_cell) saved_cell[e] = c;
     if (saved_gates) {
@@ -100,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) lstm_forward_step_kernel(ForwardStep
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) lstm_backward_step_kernel(BackwardStepParams p) {
-  using M = typename MathType<T>::type;
+  using M = accumulate_t<T>;
   const int64_t H = p.hidden;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= H) return;
@@ -123,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) lstm_backward_step_kernel(BackwardSt
     }
     const M* sg = saved_gates + b * 4 * H + j;
     const M i = sg[0], f = sg[H], g = sg[2 * H], o = sg[3 * H];
-    const M tc = tanh_(cell[e]);
+    const M tc = tanh_of(cell[e]);
     M dh = load(grad_hidden + e);
     if (grad_output) dh += load(grad_output + e);
     const M dc = grad_cell[e] + dh * o * (M(1) - tc * tc);
@@ -144,29 +116,23 @@ dim3 step_grid(int64_t rows, int64_t hidden) {
 template <typename Params, typename Launch>
 int launch_typed(const Params& p, Launch&& launch) {
   if (p.rows == 0 || p.hidden == 0) return static_cast<int>(cudaSuccess);
-  switch (p.storage) {
-    case Storage::kFloat32: launch(static_cast<float*>(nullptr)); break;
-    case Storage::kFloat64: launch(static_cast<double*>(nullptr)); break;
-    case Storage::kFloat16: launch(static_cast<__half*>(nullptr)); break;
-    case Storage::kBFloat16: launch(static_cast<__nv_bfloat16*>(nullptr)); break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
+  if (!dispatch_storage<CudaTypes>(p.storage, launch)) return static_cast<int>(cudaErrorInvalidValue);
   return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace kernels
 
 int launch_forward_step(const ForwardStepParams& params, CUstream_st* stream) {
-  return kernels::launch_typed(params, [&](auto* type_tag) {
-    using T = std::remove_pointer_t<decltype(type_tag)>;
+  return kernels::launch_typed(params, [&](auto type) {
+    using T = typename decltype(type)::type;
     const dim3 grid = kernels::step_grid(params.rows, params.hidden);
     kernels::lstm_forward_step_kernel<T><<<grid, kernels::kThreads, 0, stream>>>(params);
   });
 }
 
 int launch_backward_step(const BackwardStepParams& params, CUstream_st* stream) {
-  return kernels::launch_typed(params, [&](auto* type_tag) {
-    using T = std::remove_pointer_t<decltype(type_tag)>;
+  return kernels::launch_typed(params, [&](auto type) {
+    using T = typename decltype(type)::type;
     const dim3 grid = kernels::step_grid(params.rows, params.hidden);
     kernels::lstm_backward_step_kernel<T><<<grid, kernels::kThreads, 0, stream>>>(params);
   });

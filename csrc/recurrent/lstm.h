@@ -7,20 +7,19 @@
 // by decreasing length, so the active rows are always a prefix). The gates of a row
 // are laid out as torch does, [i | f | g | o], each `hidden` wide.
 //
-// Types: "storage" is the dtype of the inputs, weights and outputs (float, double,
-// half, bfloat16); "accumulate" is double for double and float otherwise. Cell
-// states and saved gate activations are kept in the accumulate type, so half and
-// bfloat16 sequences carry an fp32 cell state.
+// Types (common/types.h): inputs, weights and outputs are in the storage type; cell
+// states and saved gate activations in the accumulate type, so half and bfloat16
+// sequences carry an fp32 cell state.
 #pragma once
 
 #include <cstdint>
+
+#include "common/types.h"
 
 struct CUstream_st;  // cudaStream_t is `CUstream_st*`; declared here to stay free of CUDA headers
 
 namespace fusednn {
 namespace lstm {
-
-enum class Storage : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 struct ForwardStepParams {
   Storage storage;
@@ -32,7 +31,7 @@ struct ForwardStepParams {
   // [active_rows, 4H] storage: h_{t-1} W_hh^T.
   const void* hidden_gates;
   // [4H] storage, or null: b_ih + b_hh (added here rather than in the GEMM: cheaper on
-  // the CPU, and summed in the math type for half types).
+  // the CPU, and summed in the accumulate type for half types).
   const void* bias;
   // [rows, H] accumulate: c_{t-1} in, c_t out (active rows; the others keep their state).
   void* cell;

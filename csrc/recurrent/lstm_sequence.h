@@ -8,20 +8,11 @@
 #include <optional>
 #include <tuple>
 
+#include "common/recurrent_gemm.h"
 #include "recurrent/lstm.h"
 
 namespace fusednn {
 namespace lstm {
-
-// The recurrent GEMM of one step, output = input W over the step's active rows, all
-// row-major and dense: input [active_rows, k], weight [k, n], output [active_rows, n].
-struct RecurrentGemm {
-  const void* input;
-  const void* weight;
-  void* output;
-  int64_t k;
-  int64_t n;
-};
 
 // The per-device fused pointwise steps (lstm_cpu.cpp, lstm_cuda.cpp).
 struct PointwiseSteps {
@@ -39,7 +30,7 @@ struct PointwiseSteps {
   bool (*backward_with_gemm)(const BackwardStepParams&, const RecurrentGemm&);
 };
 
-// fusednn::lstm_forward -> (y, h_n, c_n, gates, cells, hidden); see fusednn.cpp.
+// fusednn::lstm_forward -> (y, h_n, c_n, gates, cells, hidden); see lstm_schema.cpp.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_forward(
     const PointwiseSteps& steps, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
@@ -53,8 +44,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     at::OptionalIntArrayRef batch_sizes, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
     const at::Tensor& hidden, bool input_grad);
-
-Storage storage_of(at::ScalarType dtype);
 
 }  // namespace lstm
 }  // namespace fusednn
