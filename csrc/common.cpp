@@ -30,7 +30,8 @@ Storage storage_of(at::ScalarType dtype) {
     case at::kHalf: return Storage::kFloat16;
     case at::kBFloat16: return Storage::kBFloat16;
     default:
-      TORCH_CHECK(false, "fusednn: unsupported dtype ", dtype, " (float32, float64, float16, bfloat16 are)");
+      TORCH_CHECK_TYPE(false, "fusednn: unsupported dtype ", dtype_name(dtype),
+                       " (torch.float32, torch.float64, torch.float16 and torch.bfloat16 are)");
   }
 }
 
@@ -46,6 +47,27 @@ at::ScalarType scalar_type_of(Storage storage) {
 
 at::ScalarType accumulate_scalar_type(at::ScalarType dtype) {
   return scalar_type_of(accumulate_storage(storage_of(dtype)));
+}
+
+std::string dtype_name(at::ScalarType dtype) { return "torch." + std::string(c10::getDtypeNames(dtype).first); }
+
+void ArgumentChecks::dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) const {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op_, ": ", name, " must be ", dtype_name(dtype), "; got ",
+                   dtype_name(t.scalar_type()));
+}
+
+void ArgumentChecks::device(const at::Tensor& t, const char* name, const at::Device& device) const {
+  TORCH_CHECK_VALUE(t.device() == device, op_, ": ", name, " must be on ", device, "; got ", t.device());
+}
+
+void ArgumentChecks::tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device,
+                            at::IntArrayRef sizes, const char* shape, bool contiguous) const {
+  TORCH_CHECK_VALUE(t.defined(), op_, ": ", name, " must be a tensor; got an undefined one");
+  this->device(t, name, device);
+  this->dtype(t, name, dtype);
+  TORCH_CHECK_VALUE(t.sizes() == sizes, op_, ": ", name, " must be ", shape, " = ", sizes, "; got ", t.sizes());
+  TORCH_CHECK_VALUE(!contiguous || t.is_contiguous(), op_, ": ", name, " must be contiguous; got strides ",
+                    t.strides());
 }
 
 }  // namespace fusednn

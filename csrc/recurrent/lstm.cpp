@@ -27,15 +27,19 @@ namespace fusednn {
 namespace lstm {
 namespace {
 
+constexpr const char* kForward = "fusednn::lstm_forward";
+constexpr const char* kBackward = "fusednn::lstm_backward";
+
 // The active rows of every step: batch_sizes, or all B rows.
-std::vector<int64_t> active_rows_per_step(at::OptionalIntArrayRef batch_sizes, int64_t T, int64_t B) {
+std::vector<int64_t> active_rows_per_step(const ArgumentChecks& check, at::OptionalIntArrayRef batch_sizes,
+                                          int64_t T, int64_t B) {
   if (!batch_sizes.has_value()) return std::vector<int64_t>(T, B);
   auto sizes = *batch_sizes;
-  TORCH_CHECK(static_cast<int64_t>(sizes.size()) == T, "lstm: batch_sizes must have one entry per time step (",
-              T, "), got ", sizes.size());
+  check.value(static_cast<int64_t>(sizes.size()) == T, "batch_sizes must have one entry per time step (T = ", T,
+              "); got ", sizes.size());
   for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK(sizes[t] >= 0 && sizes[t] <= B, "lstm: batch_sizes[", t, "] = ", sizes[t], " is outside [0, ", B, "]");
-    TORCH_CHECK(t == 0 || sizes[t] <= sizes[t - 1], "lstm: batch_sizes must be non-increasing, got ", sizes[t - 1],
+    check.value(sizes[t] >= 0 && sizes[t] <= B, "batch_sizes[", t, "] must be in [0, B = ", B, "]; got ", sizes[t]);
+    check.value(t == 0 || sizes[t] <= sizes[t - 1], "batch_sizes must be non-increasing; got ", sizes[t - 1],
                 " then ", sizes[t], " at step ", t);
   }
   return std::vector<int64_t>(sizes.begin(), sizes.end());
@@ -45,29 +49,45 @@ struct Shapes {
   int64_t T, B, I, H, P;
 };
 
-Shapes check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-                    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr) {
-  TORCH_CHECK(x.dim() == 3, "lstm: x must be [T, B, I], got ", x.sizes());
-  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % 4 == 0, "lstm: w_ih must be [4H, I], got ", w_ih.sizes());
-  Shapes s{x.size(0), x.size(1), x.size(2), w_ih.size(0) / 4, w_ih.size(0) / 4};
-  TORCH_CHECK(s.T >= 1, "lstm: x needs at least one time step");
+// The arguments lstm_forward and lstm_backward share. x decides the dtype and device
+// of the rest.
+Shapes check_inputs(const ArgumentChecks& check, at::DeviceType device, const at::Tensor& x, const at::Tensor& h0,
+                    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const std::optional<at::Tensor>& w_hr) {
+  check.value(x.defined(), "x must be a tensor; got an undefined one");
+  check.value(x.device().type() == device, "x must be a ", at::Device(device), " tensor; got ", x.device());
+  const at::ScalarType dtype = x.scalar_type();
+  check.type(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+             "x must be torch.float32, torch.float64, torch.float16 or torch.bfloat16; got ", dtype_name(dtype));
+  check.value(x.dim() == 3, "x must be [T, B, I] (3-D); got ", x.sizes());
+  Shapes s{x.size(0), x.size(1), x.size(2), 0, 0};
+  check.value(s.T >= 1, "x must have at least one time step (T >= 1); got ", x.sizes());
+  for (const auto& [t, name] : {std::pair{&w_ih, "w_ih"}, {&w_hh, "w_hh"}, {&h0, "h0"}, {&c0, "c0"}}) {
+    check.value(t->defined(), name, " must be a tensor; got an undefined one");
+  }
+  check.device(w_ih, "w_ih", x.device());
+  check.dtype(w_ih, "w_ih", dtype);
+  check.value(w_ih.dim() == 2 && w_ih.size(0) % 4 == 0 && w_ih.size(1) == s.I, "w_ih must be [4H, I] with I = ",
+              s.I, "; got ", w_ih.sizes());
+  s.H = s.P = w_ih.size(0) / 4;
   if (w_hr.has_value()) {
-    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == s.H, "lstm: w_hr must be [P, ", s.H, "], got ", w_hr->sizes());
+    check.value(w_hr->defined(), "w_hr must be a tensor or None; got an undefined one");
+    check.device(*w_hr, "w_hr", x.device());
+    check.dtype(*w_hr, "w_hr", dtype);
+    check.value(w_hr->dim() == 2 && w_hr->size(1) == s.H, "w_hr must be [P, H] with H = ", s.H, "; got ",
+                w_hr->sizes());
     s.P = w_hr->size(0);
   }
-  TORCH_CHECK(w_ih.size(1) == s.I, "lstm: w_ih must be [", 4 * s.H, ", ", s.I, "], got ", w_ih.sizes());
-  TORCH_CHECK(w_hh.sizes() == at::IntArrayRef({4 * s.H, s.P}), "lstm: w_hh must be [", 4 * s.H, ", ", s.P, "], got ",
-              w_hh.sizes());
-  TORCH_CHECK(h0.sizes() == at::IntArrayRef({s.B, s.P}), "lstm: h0 must be [", s.B, ", ", s.P, "], got ", h0.sizes());
-  TORCH_CHECK(c0.sizes() == at::IntArrayRef({s.B, s.H}), "lstm: c0 must be [", s.B, ", ", s.H, "], got ", c0.sizes());
-  for (const at::Tensor* t : {&h0, &c0, &w_ih, &w_hh}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
-                "lstm: every tensor must share x's dtype and device");
-  }
-  TORCH_CHECK(!w_hr.has_value() || (w_hr->scalar_type() == x.scalar_type() && w_hr->device() == x.device()),
-              "lstm: w_hr must share x's dtype and device");
-  storage_of(x.scalar_type());  // rejects dtypes without kernels
+  check.tensor(w_hh, "w_hh", dtype, x.device(), {4 * s.H, s.P}, w_hr.has_value() ? "[4H, P]" : "[4H, H]");
+  check.tensor(h0, "h0", dtype, x.device(), {s.B, s.P}, w_hr.has_value() ? "[B, P]" : "[B, H]");
+  check.tensor(c0, "c0", dtype, x.device(), {s.B, s.H}, "[B, H]");
   return s;
+}
+
+// An optional argument: absent, or as check.tensor wants it.
+void check_optional(const ArgumentChecks& check, const std::optional<at::Tensor>& t, const char* name,
+                    at::ScalarType dtype, const at::Device& device, at::IntArrayRef sizes, const char* shape) {
+  if (t.has_value()) check.tensor(*t, name, dtype, device, sizes, shape);
 }
 
 at::Tensor zeros_or_copy(const std::optional<at::Tensor>& source, at::IntArrayRef sizes,
@@ -100,9 +120,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
     at::OptionalIntArrayRef batch_sizes, bool save_workspace) {
-  const Shapes s = check_inputs(x, h0, c0, w_ih, w_hh, w_hr);
-  const auto [T, B, I, H, P] = s;
-  const std::vector<int64_t> active = active_rows_per_step(batch_sizes, T, B);
+  const ArgumentChecks check(kForward);
+  const auto [T, B, I, H, P] = check_inputs(check, steps.device, x, h0, c0, w_ih, w_hh, w_hr);
+  check_optional(check, b_ih, "b_ih", x.scalar_type(), x.device(), {4 * H}, "[4H]");
+  check_optional(check, b_hh, "b_hh", x.scalar_type(), x.device(), {4 * H}, "[4H]");
+  const std::vector<int64_t> active = active_rows_per_step(check, batch_sizes, T, B);
   const bool projected = w_hr.has_value();
   const at::TensorOptions options = x.options();
   const at::ScalarType math_dtype = accumulate_scalar_type(x.scalar_type());
@@ -119,12 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else if (b_ih.has_value() || b_hh.has_value()) {
     bias = b_ih.has_value() ? *b_ih : *b_hh;
   }
-  if (bias.defined()) {
-    TORCH_CHECK(bias.scalar_type() == x.scalar_type() && bias.device() == x.device(),
-                "lstm: the biases must share x's dtype and device");
-    TORCH_CHECK(bias.sizes() == at::IntArrayRef({4 * H}), "lstm: biases must be [", 4 * H, "], got ", bias.sizes());
-    bias = bias.contiguous();
-  }
+  if (bias.defined()) bias = bias.contiguous();
 
   at::Tensor y = empty_output({T, B, P}, options);
   at::Tensor h_n = empty_output({B, P}, options);
@@ -195,25 +212,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     at::OptionalIntArrayRef batch_sizes, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
     const at::Tensor& hidden, bool input_grad) {
-  const Shapes s = check_inputs(x, h0, c0, w_ih, w_hh, w_hr);
-  const auto [T, B, I, H, P] = s;
-  const std::vector<int64_t> active = active_rows_per_step(batch_sizes, T, B);
+  const ArgumentChecks check(kBackward);
+  const auto [T, B, I, H, P] = check_inputs(check, steps.device, x, h0, c0, w_ih, w_hh, w_hr);
+  const std::vector<int64_t> active = active_rows_per_step(check, batch_sizes, T, B);
   const bool projected = w_hr.has_value();
   const at::TensorOptions options = x.options();
-  const at::ScalarType math_dtype = accumulate_scalar_type(x.scalar_type());
+  const at::ScalarType dtype = x.scalar_type(), math_dtype = accumulate_scalar_type(dtype);
   const at::TensorOptions math_options = options.dtype(math_dtype);
-  TORCH_CHECK(gates.sizes() == at::IntArrayRef({T, B, 4 * H}) && cells.sizes() == at::IntArrayRef({T, B, H}) &&
-                  y.sizes() == at::IntArrayRef({T, B, P}) &&
-                  (!projected || hidden.sizes() == at::IntArrayRef({T, B, H})),
-              "lstm_backward: the workspace does not match the inputs (was lstm_forward run with save_workspace?)");
-  TORCH_CHECK(gates.is_contiguous() && cells.is_contiguous() && hidden.is_contiguous(),
-              "lstm_backward: the workspace must be contiguous");
+  const char* const output_shape = projected ? "[T, B, P]" : "[T, B, H]";
+  check_optional(check, grad_y, "grad_y", dtype, x.device(), {T, B, P}, output_shape);
+  check_optional(check, grad_h_n, "grad_h_n", dtype, x.device(), {B, P}, projected ? "[B, P]" : "[B, H]");
+  check_optional(check, grad_c_n, "grad_c_n", dtype, x.device(), {B, H}, "[B, H]");
+  check.tensor(y, "y", dtype, x.device(), {T, B, P}, output_shape);
+  // The workspace lstm_forward returns with save_workspace=True; the kernels read it raw.
+  check.tensor(gates, "gates", math_dtype, x.device(), {T, B, 4 * H}, "[T, B, 4H]", /*contiguous=*/true);
+  check.tensor(cells, "cells", math_dtype, x.device(), {T, B, H}, "[T, B, H]", /*contiguous=*/true);
+  if (projected) {
+    check.tensor(hidden, "hidden", dtype, x.device(), {T, B, H}, "[T, B, H]", /*contiguous=*/true);
+  } else {
+    check.tensor(hidden, "hidden", dtype, x.device(), {0}, "[0] (empty without w_hr)");
+  }
 
   at::Tensor grad_output;
-  if (grad_y.has_value() && grad_y->defined()) {
-    TORCH_CHECK(grad_y->sizes() == y.sizes(), "lstm_backward: grad_y must be ", y.sizes(), ", got ", grad_y->sizes());
-    grad_output = grad_y->to(x.scalar_type()).contiguous();
-  }
+  if (grad_y.has_value()) grad_output = grad_y->contiguous();
   // Running gradients: they become grad_h0 / grad_c0 after step 0.
   at::Tensor grad_h = zeros_or_copy(grad_h_n, {B, P}, options);
   at::Tensor grad_c = zeros_or_copy(grad_c_n, {B, H}, math_options);
@@ -282,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (active[t] < B) inputs[t].narrow(0, active[t], B - active[t]).narrow(1, 0, I).zero_();
   }
   at::Tensor grad_w_ih_hh = at::mm(dG.t(), inputs.view({T * B, I + P}));
-  at::Tensor grad_bias = dG.sum(0, /*keepdim=*/false, math_dtype).to(x.scalar_type());
+  at::Tensor grad_bias = dG.sum(0, /*keepdim=*/false, math_dtype).to(dtype);
   at::Tensor grad_x = input_grad ? at::mm(dG, w_ih).view({T, B, I}) : at::empty({0}, options);
   at::Tensor grad_w_hr = projected ? at::mm(grad_proj.view({T * B, P}).t(), hidden.reshape({T * B, H}))
                                    : at::empty({0}, options);

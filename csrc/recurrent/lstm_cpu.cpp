@@ -210,7 +210,7 @@ bool cpu_backward_with_gemm(const BackwardStepParams& p, const RecurrentGemm& g)
   return true;
 }
 
-constexpr PointwiseSteps kCpuSteps{cpu_step<ForwardStepParams>, cpu_step<BackwardStepParams>,
+constexpr PointwiseSteps kCpuSteps{at::kCPU, cpu_step<ForwardStepParams>, cpu_step<BackwardStepParams>,
                                    cpu_forward_with_gemm, cpu_backward_with_gemm};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(

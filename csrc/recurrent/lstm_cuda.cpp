@@ -2,8 +2,8 @@
 // sequence algorithm (lstm.cpp, GEMMs through ATen -> cuBLAS) with the pointwise
 // steps of lstm.cu launched on the current stream. Built only against a CUDA torch.
 
+#include <ATen/DeviceGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
@@ -28,14 +28,13 @@ void cuda_backward_step(const BackwardStepParams& p) {
 }
 
 // No fused GEMM + pointwise steps: the time loop runs cuBLAS, then the step kernel.
-constexpr PointwiseSteps kCudaSteps{cuda_forward_step, cuda_backward_step, nullptr, nullptr};
+constexpr PointwiseSteps kCudaSteps{at::kCUDA, cuda_forward_step, cuda_backward_step, nullptr, nullptr};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& w_hr, at::OptionalIntArrayRef batch_sizes, bool save_workspace) {
-  TORCH_CHECK(x.is_cuda(), "lstm_forward (CUDA): x must be a CUDA tensor");
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));  // x's device is checked with the rest
   return sequence_forward(kCudaSteps, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, save_workspace);
 }
 
@@ -45,8 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     at::OptionalIntArrayRef batch_sizes, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
     const at::Tensor& hidden, bool input_grad) {
-  TORCH_CHECK(x.is_cuda(), "lstm_backward (CUDA): x must be a CUDA tensor");
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
   return sequence_backward(kCudaSteps, grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes, y, gates,
                            cells, hidden, input_grad);
 }

@@ -16,6 +16,7 @@ namespace lstm {
 
 // The per-device fused pointwise steps (lstm_cpu.cpp, lstm_cuda.cpp).
 struct PointwiseSteps {
+  at::DeviceType device;  // the device type of x (and of every other tensor)
   void (*forward)(const ForwardStepParams&);
   void (*backward)(const BackwardStepParams&);
   // Optional (null where a device has none, as on CUDA): the step's recurrent GEMM and its
@@ -31,6 +32,7 @@ struct PointwiseSteps {
 };
 
 // fusednn::lstm_forward -> (y, h_n, c_n, gates, cells, hidden); see lstm_schema.cpp.
+// Both check every argument first (ValueError / TypeError in Python).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_forward(
     const PointwiseSteps& steps, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
