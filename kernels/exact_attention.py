@@ -571,21 +571,44 @@ def _dropout_mask_kernel(Mask, Seed, num_heads, seqlen_q, seqlen_k, dropout_p,
 # --------------------------------------------------------------------------- launch helpers
 
 
-@dataclasses.dataclass
-class Options:
-    """The options the ops pass to the launchers (see ``fusednn.ops.exact_attention``)."""
+def _option(schema: str):
+    return dataclasses.field(metadata={"schema": schema})
 
-    cu_seqlens_q: Optional[torch.Tensor]
-    cu_seqlens_k: Optional[torch.Tensor]
-    max_seqlen_q: int
-    max_seqlen_k: int
-    scale: float
-    softcap: float
-    window_left: int  # -1: unbounded
-    window_right: int  # -1: unbounded
-    bottom_right: bool
-    dropout_p: float
-    seed: Optional[torch.Tensor]
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything about a call but the tensors attended over, declared once: the registered
+    ops' schemas list these fields (``metadata["schema"]`` is each one's schema type), their
+    fake and autograd formulas pass them on as one value, and the launchers read them."""
+
+    cu_seqlens_q: Optional[torch.Tensor] = _option("Tensor?")  # packed layout: [num_seqs + 1] int32
+    cu_seqlens_k: Optional[torch.Tensor] = _option("Tensor?")
+    max_seqlen_q: int = _option("SymInt")
+    max_seqlen_k: int = _option("SymInt")
+    scale: float = _option("float")
+    softcap: float = _option("float")  # 0: none
+    window_left: int = _option("SymInt")  # -1: unbounded
+    window_right: int = _option("SymInt")  # -1: unbounded (causal is 0)
+    bottom_right: bool = _option("bool")
+    dropout_p: float = _option("float")
+    seed: Optional[torch.Tensor] = _option("Tensor?")  # int64 [1] on q's device; None without dropout
+    deterministic: bool = _option("bool")  # backward: dq in its own pass instead of float32 atomics
+
+    TENSORS = ("cu_seqlens_q", "cu_seqlens_k", "seed")
+
+    @classmethod
+    def count(cls) -> int:
+        return len(dataclasses.fields(cls))
+
+    def values(self) -> tuple:
+        """The options in schema order."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def tensors(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.TENSORS)
+
+    def with_tensors(self, tensors) -> "Options":
+        return dataclasses.replace(self, **dict(zip(self.TENSORS, tensors)))
 
     @property
     def varlen(self) -> bool:
@@ -700,8 +723,7 @@ def attention_forward(q, k, v, bias, out, lse, options: Options) -> None:
     )
 
 
-def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, options: Options, *,
-                       deterministic: bool) -> None:
+def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, options: Options) -> None:
     """Writes dq, dk, dv (and dbias [B, Hq, Tq, Tk] float32, zero-initialised, when given)."""
     batch, num_heads = (options.cu_seqlens_q.numel() - 1, q.shape[1]) if options.varlen else q.shape[:2]
     num_kv_heads = k.shape[1]
@@ -728,7 +750,7 @@ def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, opt
         num_heads, options.max_seqlen_q, v.shape[-1],
         BLOCK_M=preprocess_block, BLOCK_DV=meta["BLOCK_DV"], VARLEN=varlen,
     )
-    atomic_dq = not deterministic
+    atomic_dq = not options.deterministic
     dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device) if atomic_dq else dq
     dbias_arg = dbias if dbias is not None else q
     dbias_strides = tuple(dbias.stride()[:3]) if dbias is not None else (0, 0, 0)

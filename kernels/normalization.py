@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from fusednn import _runtime
+from fusednn._validate import accumulate_dtype
 
 # Widest row kept entirely in registers. The backward holds x, dy, w and two
 # accumulators per element, so its limit is lower to avoid register spills.
@@ -300,11 +301,6 @@ def backward_programs(device: torch.device, n_rows: int, num_warps: int) -> int:
     return max(1, min(n_rows, wanted))
 
 
-def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics and accumulation dtype: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def norm_forward(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -359,7 +355,7 @@ def norm_backward(
     """Writes grad_x [M, N]; returns (dweight, dbias) as [N] sums in the accumulator dtype
     (None where not requested). ``grad_y`` and ``x`` have unit column stride."""
     n_rows, n_cols = x.shape
-    acc_dtype = accumulator_dtype(x.dtype)
+    acc_dtype = accumulate_dtype(x.dtype)
     if n_rows == 0 or n_cols == 0:
         zeros = torch.zeros(n_cols, dtype=acc_dtype, device=x.device)
         return (zeros if weight_grad else None), (zeros.clone() if bias_grad else None)

@@ -3,6 +3,8 @@
 * ``fusednn.ops``        functional ops (``fusednn.ops.lstm``, ``fusednn.ops.layer_norm``, ...)
 * ``fusednn.nn``         drop-in replacements for ``torch.nn`` modules
 * ``fusednn.reference``  plain-PyTorch references of every op
+* ``fusednn.registry``   what every op is made of: kernels and their dtypes, reference,
+                         samples, bad inputs, benchmark shapes
 * ``fusednn.use_backend`` force a kernel backend (see ``fusednn._runtime``)
 """
 
@@ -17,6 +19,6 @@ def build_info() -> dict:
     return dict(_runtime.extension().build_info())
 
 
-from . import ops, nn, reference, testing  # noqa: E402  (ops register on import)
+from . import ops, nn, reference, registry, testing  # noqa: E402  (ops register on import)
 
-__all__ = ["BACKENDS", "build_info", "nn", "ops", "reference", "testing", "use_backend", "__version__"]
+__all__ = ["BACKENDS", "build_info", "nn", "ops", "reference", "registry", "testing", "use_backend", "__version__"]

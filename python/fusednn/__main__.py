@@ -56,11 +56,43 @@ def cmd_info(args) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A command-line argument this machine cannot honour: one line on stderr, exit 2."""
+
+
+def parse_device(name: str | None) -> torch.device:
+    """--device: "cpu" or "cuda" (default: cuda when available)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device must be cpu or cuda; got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}, "
+                         f"CUDA {torch.version.cuda})")
+    return torch.device(name)
+
+
+def parse_ops(values: list[str] | None) -> list[str] | None:
+    """--ops a b,c -> ['a', 'b', 'c'], each a registered op."""
+    from fusednn import registry
+
+    if not values:
+        return None
+    names = [o for part in values for o in part.split(",") if o]
+    known = [info.name for info in registry.ops()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--ops: unknown op(s) {', '.join(unknown)}; registered: {', '.join(known)}")
+    return names
+
+
 def cmd_check(args) -> int:
     from fusednn import check
 
-    device = torch.device(args.device) if args.device else None
-    results = check.run_checks(device)
+    if args.list:
+        check.print_registry()
+        return 0
+    results = check.run_checks(parse_device(args.device), parse_ops(args.ops))
     check.print_results(results)
     return 1 if any(r.status == "FAIL" for r in results) else 0
 
@@ -68,13 +100,7 @@ def cmd_check(args) -> int:
 def cmd_bench(args) -> int:
     from fusednn.bench import runner
 
-    ops = [o for part in args.ops for o in part.split(",") if o] if args.ops else None
-    device = torch.device(args.device) if args.device else None
-    try:
-        runner.run(ops, quick=args.quick, out_dir=args.out, device=device)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    runner.run(parse_ops(args.ops), quick=args.quick, out_dir=args.out, device=parse_device(args.device))
     return 0
 
 
@@ -82,15 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusednn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="build info, device, versions")
-    p_check = sub.add_parser("check", help="run every op once against its reference")
+    p_check = sub.add_parser("check", help="run every op against its reference")
     p_check.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p_check.add_argument("--ops", nargs="+", help="ops to check (default: all), e.g. --ops lstm layer_norm")
+    p_check.add_argument("--list", action="store_true", help="list every registered op with its kernels and dtypes")
     p_bench = sub.add_parser("bench", help="time every op against its PyTorch baselines")
     p_bench.add_argument("--ops", nargs="+", help="ops to time (default: all), e.g. --ops lstm layer_norm")
     p_bench.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
     p_bench.add_argument("--out", default=os.path.join("bench", "results"), help="results folder (default: %(default)s)")
     p_bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
-    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench}[args.command](args)
+    try:
+        return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench}[args.command](args)
+    except UsageError as exc:
+        print(f"python -m fusednn {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Backends
                     ``TRITON_INTERPRET=1``).
 ``reference``       the plain-PyTorch reference, on any device.
 
-Force one with ``with fusednn.use_backend(name):`` or the ``FUSEDNN_BACKEND``
-environment variable; forcing a backend that cannot serve the inputs raises.
+Force one with ``with fusednn.use_backend(name):`` (per thread) or the ``FUSEDNN_BACKEND``
+environment variable; forcing a backend that cannot serve the inputs raises. Which
+backend serves which dtypes is declared per op in ``fusednn.registry``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Iterator, Sequence
+import threading
+from typing import Iterator
 
 import torch
 
@@ -92,50 +94,56 @@ def triton_available() -> bool:
 
 # --------------------------------------------------------------------------- backend choice
 
-# A plain module global (not a ContextVar) so that torch.compile can trace and guard on it.
-_backend_override: str | None = None
+# The backend forced by ``use_backend``, per thread: a block in one thread leaves the
+# others alone. torch.compile traces attribute reads of a threading.local and guards on
+# their values, so a compiled function follows the backend of the thread that calls it.
+_override = threading.local()
 
 
 def _check_backend_name(name: str, where: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"{where}: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+        raise ValueError(f"{where} must be one of {', '.join(repr(b) for b in BACKENDS)}; got {name!r}")
     return name
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force the kernel backend of every fusednn op inside the block.
+    """Force the kernel backend of every fusednn op called by this thread inside the block.
 
     ``name`` is one of ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"``, ``"reference"``.
+    Blocks nest; other threads keep their own choice (``FUSEDNN_BACKEND`` or ``auto``).
     """
-    global _backend_override
-    previous = _backend_override
-    _backend_override = _check_backend_name(name, "fusednn.use_backend(name)")
+    _check_backend_name(name, "fusednn.use_backend: name")
+    previous = getattr(_override, "name", None)
+    _override.name = name
     try:
         yield
     finally:
-        _backend_override = previous
+        _override.name = previous
 
 
 def requested_backend() -> str:
     """The backend asked for: ``use_backend`` if active, else ``FUSEDNN_BACKEND``, else ``auto``."""
-    if _backend_override is not None:
-        return _backend_override
-    return _check_backend_name(os.environ.get("FUSEDNN_BACKEND", "auto"), "environment variable FUSEDNN_BACKEND")
+    name = getattr(_override, "name", None)
+    if name is not None:
+        return name
+    return _check_backend_name(os.environ.get("FUSEDNN_BACKEND", "auto"), "the environment variable FUSEDNN_BACKEND")
 
 
-def _why_not(backend: str, device: torch.device, kernels: Sequence[str]) -> str | None:
-    """None if ``backend`` can serve tensors on ``device``, else the reason it cannot."""
+def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if ``backend``'s kernels can run on ``device`` with ``dtype`` here, else the reason.
+    (Whether an op has a kernel for that backend and dtype is the op registry's business.)"""
     if backend == "reference":
         return None
-    if backend not in kernels:
-        return f"the op has no {backend} kernel (it has: {', '.join(kernels) or 'none'})"
     if backend == "triton":
         if not triton_available():
             return _TRITON_ERROR
         if device.type == "cuda":
             return None
         if device.type == "cpu" and interpreter_enabled():
+            if dtype == torch.bfloat16:
+                return ("Triton's CPU interpreter computes bfloat16 wrongly (its tl.dot multiplies the raw bit "
+                        "patterns), so bfloat16 CPU tensors run the reference")
             return None
         return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); got {device.type} tensors"
     if _C is None:
@@ -149,29 +157,6 @@ def _why_not(backend: str, device: torch.device, kernels: Sequence[str]) -> str 
             return "fusednn._C was built without CUDA kernels (see `python -m fusednn info`)"
         return None
     raise AssertionError(backend)
-
-
-def select_backend(op: str, device: torch.device, kernels: Sequence[str]) -> str:
-    """Pick the backend that runs ``op`` on ``device``.
-
-    ``kernels`` lists the kernel backends the op has, fastest first for CUDA tensors
-    (e.g. ``("cuda", "cpu")`` or ``("triton",)``). Returns one of ``kernels`` or
-    ``"reference"``; raises NotImplementedError if a forced backend cannot serve.
-    """
-    requested = requested_backend()
-    if requested == "auto":
-        order = list(kernels)
-        if device.type == "cpu" and "cpu" in order:  # the native C++ kernel beats the interpreter
-            order.remove("cpu")
-            order.insert(0, "cpu")
-        for backend in order:
-            if _why_not(backend, device, kernels) is None:
-                return backend
-        return "reference"
-    reason = _why_not(requested, device, kernels)
-    if reason is not None:
-        raise NotImplementedError(f"fusednn.ops.{op}: backend {requested!r} cannot run here: {reason}")
-    return requested
 
 
 # --------------------------------------------------------------------------- poisoning
@@ -208,3 +193,21 @@ def empty(*size, **kwargs) -> torch.Tensor:
         out.fill_(float("nan"))
     return out
 
+
+
+def export_families(package: str, path, namespace: dict) -> list[str]:
+    """Imports every family module of ``package`` (``fusednn.ops``, ``.reference``, ``.nn``)
+    and puts the names in each one's ``__all__`` into the package's ``namespace``; returns
+    them. A new family module is picked up by its presence: no list to extend."""
+    import importlib
+    import pkgutil
+
+    exported = []
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        for name in module.__all__:
+            namespace[name] = getattr(module, name)
+            exported.append(name)
+    return sorted(exported)

@@ -1,24 +1,27 @@
-"""``python -m fusednn check``: every op once, forward and backward, against its
-float64 reference on the present device; a pass/fail table and exit code 1 on any failure.
+"""``python -m fusednn check``: every registered op, forward and backward, against its
+float64 reference on the present device, through the comparison harness of
+``fusednn.testing``; a pass/fail table and exit code 1 on any failure.
 
-Each case returns the kernel's outputs and gradients, the float64 reference's, and
-(for float16/bfloat16) PyTorch's own result in that precision for the 2x rule.
+The samples checked are each op's opcheck samples (a handful chosen to cover the op's
+options) in float32 and, on a GPU, bfloat16 and float16 (there the 2x rule applies).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import traceback
-from typing import Callable
+from typing import Optional, Sequence
 
 import torch
 
-from . import _runtime, ops, reference, testing
+from . import _runtime, registry, testing
+from ._validate import LOW_PRECISION, dtype_name
 
 
 @dataclasses.dataclass
 class Result:
     op: str
+    sample: str
     device: str
     dtype: str
     backend: str
@@ -26,126 +29,75 @@ class Result:
     detail: str
 
 
-def _grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    dy = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
-    return list(torch.autograd.grad(out, inputs, dy))
+def check_samples(info: registry.OpInfo, dtype: torch.dtype) -> list[registry.Sample]:
+    """The samples ``check`` runs for an op in a dtype."""
+    samples = [s for s in info.samples() if dtype not in LOW_PRECISION or s.low_precision]
+    chosen = [s for s in samples if s.opcheck]
+    return chosen or samples[:1]
 
 
-def _leaves(tensors: list[torch.Tensor], dtype: torch.dtype, device) -> list[torch.Tensor]:
-    return [t.detach().to(device=device, dtype=dtype).requires_grad_(True) for t in tensors]
-
-
-def _compare(name: str, fn_ours: Callable, fn_ref: Callable, inputs: list[torch.Tensor], dtype, device) -> str:
-    """Run ours at (dtype, device) and the reference in float64 on the CPU; assert closeness."""
-    ours_in = _leaves(inputs, dtype, device)
-    out = fn_ours(*ours_in)
-    got = [out] + _grads(out, ours_in, 0)
-    ref_in = _leaves(inputs, torch.float64, "cpu")
-    ref_out = fn_ref(*ref_in)
-    want = [ref_out] + _grads(ref_out, ref_in, 0)
-    lowp = [None] * len(got)
-    if dtype in testing.ULP:
-        base_in = _leaves(inputs, dtype, device)
-        with _runtime.use_backend("reference"):  # PyTorch's own computation in this precision
-            base_out = fn_ref(*base_in)
-        lowp = [base_out] + _grads(base_out, base_in, 0)
-    worst = 0.0
-    for i, (a, e, b) in enumerate(zip(got, want, lowp)):
-        label = f"{name} {'output' if i == 0 else f'grad[{i - 1}]'}"
-        testing.assert_close(a, e, name=label, rtol=1e-4 if dtype == torch.float32 else None, lowp_baseline=b)
-        worst = max(worst, testing.relative_error(a, e))
-    return f"max rel err {worst:.1e} (output + {len(got) - 1} grads)"
-
-
-def _case_lstm(dtype, device) -> str:
-    T, B, I, H = 9, 3, 12, 10
-    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
-    w_ih, w_hh = torch.randn(4 * H, I) * 0.3, torch.randn(4 * H, H) * 0.3
-    b_ih, b_hh = torch.randn(4 * H), torch.randn(4 * H)
-
-    def run(impl):
-        return lambda x, h0, c0, w_ih, w_hh, b_ih, b_hh: impl(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)[0]
-
-    return _compare("lstm", run(ops.lstm), run(reference.lstm), [x, h0, c0, w_ih, w_hh, b_ih, b_hh], dtype, device)
-
-
-def _case_layer_norm(dtype, device) -> str:
-    x, w, b = torch.randn(6, 37), torch.randn(37), torch.randn(37)
-    return _compare(
-        "layer_norm",
-        lambda x, w, b: ops.layer_norm(x, (37,), w, b),
-        lambda x, w, b: reference.layer_norm(x, (37,), w, b),
-        [x, w, b],
-        dtype,
-        device,
-    )
-
-
-def _case_rms_norm(dtype, device) -> str:
-    x, w = torch.randn(6, 37), torch.randn(37)
-    return _compare(
-        "rms_norm",
-        lambda x, w: ops.rms_norm(x, (37,), w, eps=1e-6),
-        lambda x, w: reference.rms_norm(x, (37,), w, eps=1e-6),
-        [x, w],
-        dtype,
-        device,
-    )
-
-
-def _case_attention(dtype, device) -> str:
-    # GQA, a causal window, a float bias and softcap in one case; lengths cross tile borders.
-    B, Hq, Hkv, T, D = 2, 4, 2, 97, 64
-    q, k, v = torch.randn(B, Hq, T, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, D)
-    bias = torch.randn(1, Hq, T, T)
-    options = dict(causal=True, window=(40, 0), softcap=20.0)
-
-    def ours(q, k, v, bias):
-        return ops.attention(q, k, v, attn_bias=bias, **options)
-
-    def ref(q, k, v, bias):  # upcast=False: the low-precision baseline of the 2x rule
-        return reference.attention(q, k, v, attn_bias=bias, upcast=False, **options)
-
-    return _compare("attention", ours, ref, [q, k, v, bias], dtype, device)
-
-
-# op name -> (case, the kernel backends the op has)
-CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
-    "lstm": (_case_lstm, ("cuda", "cpu")),
-    "layer_norm": (_case_layer_norm, ("triton",)),
-    "rms_norm": (_case_rms_norm, ("triton",)),
-    "attention": (_case_attention, ("triton",)),
-}
-
-
-def run_checks(device: torch.device | None = None) -> list[Result]:
+def run_checks(device: Optional[torch.device] = None, ops: Optional[Sequence[str]] = None) -> list[Result]:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+    dtypes = [torch.float32, torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.float32]
+    infos = [registry.get(name) for name in ops] if ops else registry.ops()
     results = []
-    for name, (case, kernels) in CASES.items():
+    for info in infos:
         for dtype in dtypes:
-            dtype_name = str(dtype).replace("torch.", "")
-            backend = _runtime.select_backend(name, device, kernels)
-            if backend == "reference" and _runtime.requested_backend() == "auto":
-                why = "no kernel serves this device here (Triton needs a GPU, or TRITON_INTERPRET=1)"
-                results.append(Result(name, device.type, dtype_name, backend, "skip", why))
-                continue
-            torch.manual_seed(0)
-            try:
-                detail = case(dtype, device)
-                results.append(Result(name, device.type, dtype_name, backend, "pass", detail))
-            except Exception as exc:  # a failed check is reported, never raised
-                last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-                results.append(Result(name, device.type, dtype_name, backend, "FAIL", last))
+            results.extend(_check_op(info, device, dtype))
+    return results
+
+
+def _check_op(info: registry.OpInfo, device: torch.device, dtype: torch.dtype) -> list[Result]:
+    def result(sample, status, detail, backend="-"):
+        return Result(info.name, sample, device.type, dtype_name(dtype), backend, status, detail)
+
+    try:
+        backend = info.select(device, dtype)
+    except NotImplementedError as exc:  # a forced backend that cannot serve here
+        return [result("-", "skip", str(exc).split(": ", 1)[-1])]
+    if backend == "reference" and _runtime.requested_backend() == "auto":
+        why = "no kernel of this op serves this device and dtype here"
+        if info.kernel("triton") is not None and device.type == "cpu":
+            why += " (Triton kernels need a GPU, or TRITON_INTERPRET=1 for float32/float16)"
+        return [result("-", "skip", why, backend)]
+    results = []
+    for sample in check_samples(info, dtype):
+        torch.manual_seed(0)
+        try:
+            comparisons = testing.compare_sample(info, sample, device, dtype, raise_on_failure=False)
+        except Exception as exc:  # a crash is reported as a failure, never raised
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            results.append(result(sample.name, "FAIL", last, backend))
+            continue
+        failed = [c for c in comparisons if not c.ok]
+        if failed:
+            results.append(result(sample.name, "FAIL", "; ".join(c.message() for c in failed), backend))
+        else:
+            worst = max(comparisons, key=lambda c: c.error / c.bound if c.bound > 0 else 0.0, default=None)
+            detail = (f"{len(comparisons)} tensors; closest to its bound: {worst.name} "
+                      f"({worst.error:.1e} of {worst.bound:.1e})" if worst else "no tensors")
+            results.append(result(sample.name, "pass", detail, backend))
     return results
 
 
 def print_results(results: list[Result]) -> None:
-    print(f"{'op':<12} {'device':<7} {'dtype':<9} {'backend':<10} {'status':<6} detail")
+    width = max([len(r.op) for r in results] + [2])
+    sample_width = max([len(r.sample) for r in results] + [6])
+    print(f"{'op':<{width}} {'sample':<{sample_width}} {'device':<6} {'dtype':<8} {'backend':<9} {'status':<6} detail")
     for r in results:
-        print(f"{r.op:<12} {r.device:<7} {r.dtype:<9} {r.backend:<10} {r.status:<6} {r.detail}")
+        print(f"{r.op:<{width}} {r.sample:<{sample_width}} {r.device:<6} {r.dtype:<8} {r.backend:<9} {r.status:<6} "
+              f"{r.detail}")
     failed = sum(r.status == "FAIL" for r in results)
     passed = sum(r.status == "pass" for r in results)
     skipped = sum(r.status == "skip" for r in results)
     print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
+
+
+def print_registry() -> None:
+    """``check --list``: every registered op, its kernels and the dtypes each serves."""
+    infos = registry.ops()
+    width = max(len(info.name) for info in infos)
+    print(f"{'op':<{width}}  {'family':<16} kernels (dtypes)")
+    for info in infos:
+        kernels = "; ".join(f"{k.backend} ({', '.join(dtype_name(d) for d in k.dtypes)})" for k in info.kernels)
+        print(f"{info.name:<{width}}  {info.family:<16} {kernels or 'none: reference only'}")

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import fusednn
-from fusednn.testing import assert_close, device_dtypes
+from fusednn import registry, testing
+from fusednn.registry import Sample
+from fusednn.testing import assert_close
 
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-DEVICE_DTYPES = device_dtypes("triton")
+DEVICE_DTYPES = [pytest.param(d, t, id=f"{d}-{str(t)[6:]}") for d, t in testing.kernel_dtypes(registry.get("layer_norm"))
+                 if t != torch.float64]
 
 # (module name, constructor arguments)
 CONFIGS = [
@@ -67,24 +68,10 @@ def test_state_dict_loads_both_ways(name, kwargs):
 def test_forward_backward_match_torch_module(device, dtype, name, kwargs):
     """Output and gradients (input and parameters) against the torch module in float64,
     with the torch module in ``dtype`` as the low-precision baseline."""
-    ours, baseline = _pair(name, kwargs, device, dtype)
-    _randomize(baseline)
-    ours.load_state_dict(baseline.state_dict())
-    reference = getattr(torch.nn, name)(**kwargs, dtype=torch.float64)
-    reference.load_state_dict({k: v.double().cpu() for k, v in baseline.state_dict().items()})
-
-    x = torch.randn(2, 3, 37, dtype=dtype, device=device)
-    grad_y = torch.randn_like(x)
-    results = []
-    for module, inp, grad in ((ours, x, grad_y), (baseline, x, grad_y), (reference, x.double().cpu(), grad_y.double().cpu())):
-        inp = inp.clone().requires_grad_()
-        y = module(inp)
-        grads = torch.autograd.grad(y, [inp, *module.parameters()], grad)
-        results.append((y, *grads))
-    names = ["y", "grad input"] + [f"grad {n}" for n, _ in ours.named_parameters()]
-    for what, actual, lowp, expected in zip(names, *results):
-        assert actual.dtype == dtype and actual.device == x.device, what
-        assert_close(actual, expected, name=f"{name} {what}", lowp_baseline=lowp if dtype != torch.float32 else None)
+    ours, theirs = _pair(name, kwargs, dtype=torch.float64)
+    ours.load_state_dict(_randomize(theirs).state_dict())
+    x = torch.randn(2, 3, 37, dtype=torch.float64, requires_grad=True)
+    testing.compare_modules(ours, theirs, Sample(name, (x,)), device, dtype)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES[:1])

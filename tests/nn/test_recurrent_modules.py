@@ -1,18 +1,21 @@
 """fusednn.nn.LSTM / LSTMCell as drop-ins for torch.nn.LSTM / LSTMCell: same state_dict,
-same outputs and gradients (float64 references on the CPU; CUDA cases on a GPU machine)."""
+same outputs and gradients (the comparison harness against torch's module in float64; CUDA
+cases on a GPU machine)."""
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusednn
-from fusednn.testing import assert_close, device_dtypes
+from fusednn import registry, testing
+from fusednn.registry import Sample, View
 
-# torch's own LSTM (the reference) warns that oneDNN has no projection support.
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
-DEVICE_DTYPES = device_dtypes("cpp")
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The tiny modules here run in float32/float64 on the CPU; float16/bfloat16 on CUDA (the
+# registry's large samples cover the CPU kernels' low precision).
+DEVICE_DTYPES = [(d, t) for d, t in testing.kernel_dtypes(registry.get("lstm"))
+                 if d == "cuda" or t in (torch.float32, torch.float64)]
 
 
 def _rtol(device, dtype):
@@ -21,84 +24,18 @@ def _rtol(device, dtype):
 
 
 def _pair(cls_torch, cls_fused, *args, **kwargs):
-    """A float64 CPU torch module and a fused one holding the same (fresh random) weights."""
-    reference = cls_torch(*args, **kwargs).double()
+    """A torch module and a fused one holding the same (fresh random, away from init) weights."""
+    theirs = cls_torch(*args, **kwargs).double()
     with torch.no_grad():
-        for p in reference.parameters():
+        for p in theirs.parameters():
             p.copy_(torch.randn_like(p) * 0.4)
-    fused = cls_fused(*args, **kwargs).double()
-    fused.load_state_dict(reference.state_dict())
-    return reference, fused
+    ours = cls_fused(*args, **kwargs).double()
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
 
 
-def _run(module, inputs, grad_outputs):
-    """Outputs (flattened; PackedSequence -> its data) and gradients of inputs and parameters."""
-    out = module(*inputs)
-    flat = []
-    for o in (out[0], *out[1]) if isinstance(out[1], tuple) else out:
-        flat.append(o.data if isinstance(o, PackedSequence) else o)
-    loss = sum((o * g.to(o.dtype)).sum() for o, g in zip(flat, grad_outputs))
-    leaves = [t for t in _tensors(inputs) if t.requires_grad] + list(module.parameters())
-    return out, flat, torch.autograd.grad(loss, leaves)
-
-
-def _tensors(inputs):
-    for item in inputs:
-        if isinstance(item, PackedSequence):
-            yield item.data
-        elif isinstance(item, (tuple, list)):
-            yield from item
-        elif isinstance(item, torch.Tensor):
-            yield item
-
-
-def _to(inputs, device, dtype):
-    """Leaf copies of the tensors in ``inputs`` (nested tuples, PackedSequence) on device/dtype."""
-    def conv(item):
-        if isinstance(item, PackedSequence):
-            data = item.data.detach().to(device, dtype).requires_grad_()
-            return PackedSequence(data, item.batch_sizes, *(
-                i.to(device) if i is not None else None for i in (item.sorted_indices, item.unsorted_indices)))
-        if isinstance(item, (tuple, list)):
-            return tuple(conv(i) for i in item)
-        if isinstance(item, torch.Tensor):
-            return item.detach().to(device, dtype).requires_grad_()
-        return item
-    return tuple(conv(i) for i in inputs)
-
-
-def _check_module(reference, fused, inputs, device, dtype, non_contiguous=False):
-    """fused on (device, dtype) against reference in float64 on the CPU: outputs and all gradients."""
-    ref_inputs = _to(inputs, "cpu", torch.float64)
-    with torch.no_grad():
-        out = reference(*ref_inputs)
-    flat = (out[0], *out[1]) if isinstance(out[1], tuple) else out
-    grad_outputs = [torch.randn_like(o.data if isinstance(o, PackedSequence) else o) for o in flat]
-    ref_out, expected, expected_grads = _run(reference, ref_inputs, grad_outputs)
-
-    fused = fused.to(device, dtype)
-    ours_inputs = _to(inputs, device, dtype)
-    if non_contiguous:  # the same values through a transposed view
-        x = ours_inputs[0]
-        x_view = x.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
-        assert not x_view.is_contiguous()
-        ours_inputs = (x_view, *ours_inputs[1:])
-    out, actual, grads = _run(fused, ours_inputs, [g.to(device) for g in grad_outputs])
-    assert type(out[0]) is type(ref_out[0])
-    baseline = baseline_grads = [None] * 64
-    if dtype in LOW_PRECISION:
-        low = reference.to(device, dtype)
-        _, baseline, baseline_grads = _run(low, _to(inputs, device, dtype), [g.to(device) for g in grad_outputs])
-        reference.to("cpu", torch.float64)
-    names = ["output", "h_n", "c_n"][: len(actual)]
-    for name, a, e, b in zip(names, actual, expected, baseline):
-        assert a.shape == e.shape, name
-        assert_close(a, e, name=name, rtol=_rtol(device, dtype), lowp_baseline=b)
-    grad_names = [f"grad input {i}" for i in range(len(grads) - len(list(fused.parameters())))]
-    grad_names += [f"grad {n}" for n, _ in fused.named_parameters()]
-    assert len(grads) == len(expected_grads)
-    for name, a, e, b in zip(grad_names, grads, expected_grads, baseline_grads):
-        assert_close(a, e, name=name, rtol=_rtol(device, dtype), lowp_baseline=b)
+def _randn(*shape):
+    return torch.randn(shape, dtype=torch.float64, requires_grad=True)
 
 
 CONFIGS = {
@@ -115,13 +52,16 @@ CONFIGS = {
 @pytest.mark.parametrize("with_state", [True, False], ids=["state", "no-state"])
 def test_lstm_matches_torch(device, dtype, config, with_state):
     I, H, T, B = 5, 6, 17, 3
-    reference, fused = _pair(torch.nn.LSTM, fusednn.nn.LSTM, I, H, **config)
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, I, H, **config)
     D = 2 if config.get("bidirectional") else 1
     L = config.get("num_layers", 1)
     P = config.get("proj_size", 0) or H
-    x = torch.randn(B, T, I) if config.get("batch_first") else torch.randn(T, B, I)
-    inputs = (x, (torch.randn(L * D, B, P), torch.randn(L * D, B, H))) if with_state else (x,)
-    _check_module(reference, fused, inputs, device, dtype, non_contiguous=not config.get("batch_first"))
+    if config.get("batch_first"):
+        x = _randn(B, T, I)
+    else:  # time-major values stored batch-major: a non-contiguous view
+        x = View(_randn(B, T, I), lambda t: t.transpose(0, 1))
+    args = (x, (_randn(L * D, B, P), _randn(L * D, B, H))) if with_state else (x,)
+    testing.compare_modules(ours, theirs, Sample("lstm", args), device, dtype, rtol=_rtol(device, dtype))
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
@@ -140,37 +80,41 @@ def test_lstm_packed_sequences(device, dtype, lengths, config):
     config = dict(config)
     enforce_sorted = config.pop("enforce_sorted", False)
     I, H, B = 4, 5, len(lengths)
-    reference, fused = _pair(torch.nn.LSTM, fusednn.nn.LSTM, I, H, **config)
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, I, H, **config)
     T = max(lengths)
-    x = torch.randn(B, T, I) if config.get("batch_first") else torch.randn(T, B, I)
+    x = torch.randn(B, T, I, dtype=torch.float64) if config.get("batch_first") else torch.randn(T, B, I,
+                                                                                               dtype=torch.float64)
     packed = pack_padded_sequence(x, torch.tensor(lengths), batch_first=config.get("batch_first", False),
                                   enforce_sorted=enforce_sorted)
+    packed.data.requires_grad_()
     D = 2 if config.get("bidirectional") else 1
     L, P = config.get("num_layers", 1), config.get("proj_size", 0) or H
-    hx = (torch.randn(L * D, B, P), torch.randn(L * D, B, H))
-    _check_module(reference, fused, (packed, hx), device, dtype)
+    testing.compare_modules(ours, theirs, Sample("packed", (packed, (_randn(L * D, B, P), _randn(L * D, B, H)))),
+                            device, dtype, rtol=_rtol(device, dtype))
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 def test_lstm_unbatched_input(device, dtype):
-    reference, fused = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 4, 5, num_layers=2, bidirectional=True)
-    _check_module(reference, fused, (torch.randn(7, 4), (torch.randn(4, 5), torch.randn(4, 5))), device, dtype)
-    reference, fused = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 4, 5, batch_first=True, proj_size=2)
-    _check_module(reference, fused, (torch.randn(7, 4),), device, dtype)
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 4, 5, num_layers=2, bidirectional=True)
+    testing.compare_modules(ours, theirs, Sample("unbatched", (_randn(7, 4), (_randn(4, 5), _randn(4, 5)))),
+                            device, dtype, rtol=_rtol(device, dtype))
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 4, 5, batch_first=True, proj_size=2)
+    testing.compare_modules(ours, theirs, Sample("unbatched-default-state", (_randn(7, 4),)), device, dtype,
+                            rtol=_rtol(device, dtype))
 
 
 def test_lstm_dropout_between_layers():
-    reference, fused = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 4, 5, num_layers=2, dropout=1.0)
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 4, 5, num_layers=2, dropout=1.0)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
     # p = 1 zeroes the second layer's input in both (deterministically)
-    reference.train(), fused.train()
-    for a, e in zip(fused(x)[0:1] + fused(x)[1], reference(x)[0:1] + reference(x)[1]):
-        assert_close(a, e)
-    fused.dropout = reference.dropout = 0.5
-    y1, y2 = fused(x)[0], fused(x)[0]
+    ours.train(), theirs.train()
+    for a, e in zip(ours(x)[0:1] + ours(x)[1], theirs(x)[0:1] + theirs(x)[1]):
+        testing.assert_close(a, e)
+    ours.dropout = theirs.dropout = 0.5
+    y1, y2 = ours(x)[0], ours(x)[0]
     assert not torch.equal(y1, y2)  # fresh masks in training
-    fused.eval(), reference.eval()
-    assert_close(fused(x)[0], reference(x)[0])
+    ours.eval(), theirs.eval()
+    testing.assert_close(ours(x)[0], theirs(x)[0])
 
 
 def test_lstm_state_dict_round_trip():
@@ -191,17 +135,20 @@ def test_lstm_state_dict_round_trip():
 
 
 def test_lstm_batch_size_zero():
-    reference, fused = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 3, 4, num_layers=2, bidirectional=True)
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 3, 4, num_layers=2, bidirectional=True)
     x = torch.randn(5, 0, 3, dtype=torch.float64)
-    out, (h, c) = fused(x)
-    ref_out, (ref_h, ref_c) = reference(x)
+    out, (h, c) = ours(x)
+    ref_out, (ref_h, ref_c) = theirs(x)
     assert out.shape == ref_out.shape and h.shape == ref_h.shape and c.shape == ref_c.shape
 
 
-def test_lstm_bad_inputs_raise_like_torch():
+def test_lstm_bad_inputs():
     fused = fusednn.nn.LSTM(4, 5)
-    with pytest.raises(ValueError, match="Expected input to be 2D or 3D, got 4D"):
+    with pytest.raises(ValueError, match=r"fusednn.nn.LSTM: input must be 2-D or 3-D .*; got shape \(2, 3, 4, 5\)"):
         fused(torch.randn(2, 3, 4, 5))
+    with pytest.raises(TypeError, match=r"fusednn.nn.LSTM: input must be a tensor .*; got a numpy.ndarray"):
+        fused(torch.randn(2, 3, 4).numpy())
+    # torch's own checks and messages for sizes and dtypes (RuntimeError / ValueError, as torch)
     with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size. Expected 4, got 3"):
         fused(torch.randn(2, 3, 3))
     with pytest.raises(RuntimeError, match="Expected hidden\\[0\\] size \\(1, 3, 5\\), got \\[1, 2, 5\\]"):
@@ -213,20 +160,27 @@ def test_lstm_bad_inputs_raise_like_torch():
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_lstm_cell_matches_torch(device, dtype, bias):
-    reference, fused = _pair(torch.nn.LSTMCell, fusednn.nn.LSTMCell, 5, 7, bias=bias)
-    _check_module(reference, fused, (torch.randn(3, 5), (torch.randn(3, 7), torch.randn(3, 7))), device, dtype)
-    _check_module(reference, fused, (torch.randn(1, 5),), device, dtype)
-    _check_module(reference, fused, (torch.randn(5), (torch.randn(7), torch.randn(7))), device, dtype)
+    ours, theirs = _pair(torch.nn.LSTMCell, fusednn.nn.LSTMCell, 5, 7, bias=bias)
+    for name, args in (("batched", (_randn(3, 5), (_randn(3, 7), _randn(3, 7)))), ("default-state", (_randn(1, 5),)),
+                       ("unbatched", (_randn(5), (_randn(7), _randn(7))))):
+        testing.compare_modules(ours, theirs, Sample(name, args), device, dtype, rtol=_rtol(device, dtype))
 
 
 def test_lstm_cell_state_dict_and_bad_inputs():
-    cell = torch.nn.LSTMCell(3, 4)
-    fused = fusednn.nn.LSTMCell(3, 4)
+    cell = torch.nn.LSTMCell(4, 6)
+    fused = fusednn.nn.LSTMCell(4, 6)
     fused.load_state_dict(cell.state_dict())
-    x = torch.randn(2, 3)
+    x = torch.randn(2, 4)
     for a, e in zip(fused(x), cell(x)):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="Expected input to be 1D or 2D, got 3D"):
-        fused(torch.randn(1, 2, 3))
-    with pytest.raises(ValueError, match=r"h must be \[B, H\]"):
-        fused(x, (torch.randn(2, 5), torch.randn(2, 4)))
+    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: input must be 1-D or 2-D .*; got shape \(1, 2, 4\)"):
+        fused(torch.randn(1, 2, 4))
+    # the module blames its input for a wrong feature size, not the op's weight argument
+    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: input must be \[B, input_size\] with input_size = 4; "
+                                         r"got shape \(2, 6\)"):
+        fused(torch.randn(2, 6))
+    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: hx\[0\] must be \[B, hidden_size\] = \(2, 6\); "
+                                         r"got shape \(2, 5\)"):
+        fused(x, (torch.randn(2, 5), torch.randn(2, 6)))
+    with pytest.raises(RuntimeError):  # catchable as torch's RuntimeError too
+        fused(torch.randn(2, 6))

@@ -1,7 +1,6 @@
-"""Drop-in replacements for torch.nn modules (same arguments, parameter names and state_dict)."""
+"""Drop-in replacements for torch.nn modules (same arguments, parameter names and state_dict).
+Every name in a family module's ``__all__`` is exported here."""
 
-from .exact_attention import MultiheadAttention
-from .normalization import LayerNorm, RMSNorm
-from .recurrent import LSTM, LSTMCell
+from .._runtime import export_families
 
-__all__ = ["LSTM", "LSTMCell", "LayerNorm", "MultiheadAttention", "RMSNorm"]
+__all__ = export_families(__name__, __path__, globals())

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fusednn import ops
+from fusednn._validate import ArgumentAssertionError, Args
 
 __all__ = ["MultiheadAttention"]
 
 
 def _check_mask_dtype(mask: Optional[Tensor], name: str) -> None:
     if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
-        raise AssertionError(f"only bool and floating types of {name} are supported")
+        raise ArgumentAssertionError(f"only bool and floating types of {name} are supported")
 
 
 def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -106,14 +107,16 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         N, L, E = query.shape
         S, H = key.shape[1], self.num_heads
         if E != self.embed_dim:
-            raise AssertionError(f"was expecting embedding dimension of {self.embed_dim}, but got {E}")
+            layout = "[N, L, E]" if self.batch_first else "[L, N, E]"
+            raise Args("fusednn.nn.MultiheadAttention").error(
+                "query", f"{layout} with E = embed_dim = {self.embed_dim}", f"E = {E}", AssertionError)
         if self._qkv_same_embed_dim and key.shape != value.shape:
-            raise AssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
+            raise ArgumentAssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
         if key.shape[:2] != value.shape[:2]:
-            raise AssertionError(f"key's sequence and batch dims {key.shape[:2]} do not match value's "
+            raise ArgumentAssertionError(f"key's sequence and batch dims {key.shape[:2]} do not match value's "
                                  f"{value.shape[:2]}")
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (N, S):
-            raise AssertionError(f"Expected key_padded_mask.shape to be {(N, S)}, but got "
+            raise ArgumentAssertionError(f"Expected key_padded_mask.shape to be {(N, S)}, but got "
                                  f"{tuple(key_padding_mask.shape)}")
         if attn_mask is not None:
             expected = (L, S) if attn_mask.dim() == 2 else (N * H, L, S)
@@ -182,21 +185,21 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     def _check_shapes(self, query, key, value, key_padding_mask, attn_mask) -> bool:
         """torch's rank checks (AssertionError, as ``F.multi_head_attention_forward``); True when batched."""
         if query.dim() not in (2, 3):
-            raise AssertionError(f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D "
-                                 "query tensor")
+            raise ArgumentAssertionError(f"query should be unbatched 2D or batched 3D tensor but received "
+                                         f"{query.dim()}-D query tensor")
         batched = query.dim() == 3
         kind = "batched (3-D)" if batched else "unbatched (2-D)"
         if key.dim() != query.dim() or value.dim() != query.dim():
-            raise AssertionError(f"For {kind} `query`, expected `key` and `value` to be {query.dim()}-D but found "
-                                 f"{key.dim()}-D and {value.dim()}-D tensors respectively")
+            raise ArgumentAssertionError(f"For {kind} `query`, expected `key` and `value` to be {query.dim()}-D but "
+                                         f"found {key.dim()}-D and {value.dim()}-D tensors respectively")
         if key_padding_mask is not None and key_padding_mask.dim() != query.dim() - 1:
-            raise AssertionError(f"For {kind} `query`, expected `key_padding_mask` to be `None` or "
+            raise ArgumentAssertionError(f"For {kind} `query`, expected `key_padding_mask` to be `None` or "
                                  f"{query.dim() - 1}-D but found {key_padding_mask.dim()}-D tensor instead")
         if attn_mask is not None and attn_mask.dim() not in (2, 3):
-            raise AssertionError(f"For {kind} `query`, expected `attn_mask` to be `None`, 2-D or 3-D but found "
-                                 f"{attn_mask.dim()}-D tensor instead")
+            raise ArgumentAssertionError(f"For {kind} `query`, expected `attn_mask` to be `None`, 2-D or 3-D but "
+                                         f"found {attn_mask.dim()}-D tensor instead")
         if not batched and attn_mask is not None and attn_mask.dim() == 3:
             expected = (self.num_heads, query.shape[0], key.shape[0])
             if attn_mask.shape != expected:
-                raise AssertionError(f"Expected `attn_mask` shape to be {expected} but got {attn_mask.shape}")
+                raise ArgumentAssertionError(f"Expected `attn_mask` shape to be {expected} but got {attn_mask.shape}")
         return batched

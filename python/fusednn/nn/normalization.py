@@ -10,6 +10,8 @@ import torch
 
 from fusednn import ops
 
+__all__ = ["LayerNorm", "RMSNorm"]
+
 
 class LayerNorm(torch.nn.LayerNorm):
     """``torch.nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
+from .._validate import Args, describe, shape_of
 
 __all__ = ["LSTM", "LSTMCell"]
 
@@ -51,9 +52,9 @@ class LSTM(torch.nn.LSTM):
             batched = True
         else:
             sorted_indices = unsorted_indices = None
-            if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
-                dim = input.dim() if isinstance(input, torch.Tensor) else type(input).__name__
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {dim}D instead")
+            layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
+            Args("fusednn.nn.LSTM").tensor("input", input, f"{layout} (or [T, I] unbatched), or a PackedSequence",
+                                           ndim=(2, 3), dtypes=None)
             batched = input.dim() == 3
             checked = input if batched else input.unsqueeze(0 if self.batch_first else 1)
             x = checked.transpose(0, 1) if self.batch_first else checked
@@ -67,7 +68,8 @@ class LSTM(torch.nn.LSTM):
             c0 = torch.zeros(self.num_layers * num_directions, B, self.hidden_size, **zeros)
         else:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0); got {type(hx).__name__}")
+                raise Args("fusednn.nn.LSTM").error("hx", "a pair (h_0, c_0) of tensors or None", describe(hx),
+                                                    TypeError)
             h0, c0 = hx
             if not batched:
                 if h0.dim() != 2 or c0.dim() != 2:
@@ -130,13 +132,17 @@ class LSTMCell(torch.nn.LSTMCell):
     """``torch.nn.LSTMCell`` (same arguments, parameters, inputs and outputs) on fused kernels."""
 
     def forward(self, input, hx=None):  # noqa: A002  (torch's argument name)
-        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
-            dim = input.dim() if isinstance(input, torch.Tensor) else type(input).__name__
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
-        if hx is not None and (hx[0].dim() not in (1, 2) or hx[1].dim() not in (1, 2)):
-            raise ValueError(
-                f"LSTMCell: Expected hx[0] and hx[1] to be 1D or 2D, got {hx[0].dim()}D and {hx[1].dim()}D instead"
-            )
+        args = Args("fusednn.nn.LSTMCell")
+        args.tensor("input", input, "[B, input_size] (or [input_size] unbatched)", ndim=(1, 2), dtypes=None)
+        if input.shape[-1] != self.input_size:
+            raise args.error("input", f"[B, input_size] with input_size = {self.input_size}", shape_of(input))
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise args.error("hx", "a pair (h, c) of tensors or None", describe(hx), TypeError)
+            for name, state in zip(("hx[0]", "hx[1]"), hx):
+                args.tensor(name, state, "[B, hidden_size]", ndim=input.dim(), dtypes=None)
+                expected = (*input.shape[:-1], self.hidden_size)
+                args.shape(name, state, expected, "[B, hidden_size]" if input.dim() == 2 else "[hidden_size]")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         if hx is None:

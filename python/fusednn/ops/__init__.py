@@ -1,16 +1,9 @@
-"""Functional fusednn ops. Each is registered with torch.library as ``fusednn::<name>``,
-has a fake (meta) implementation and autograd, and dispatches per ``fusednn.use_backend``."""
+"""Functional fusednn ops, one module per family. Each op is declared in the op registry
+(``fusednn.registry``), registered with torch.library as ``fusednn::<name>_forward`` /
+``_backward`` (C++ or Triton), has a fake (meta) implementation and autograd, and
+dispatches per ``fusednn.use_backend``. Every name in a family module's ``__all__`` is
+exported here."""
 
-from .exact_attention import attention, attention_varlen, scaled_dot_product_attention
-from .normalization import layer_norm, rms_norm
-from .recurrent import lstm, lstm_cell
+from .._runtime import export_families
 
-__all__ = [
-    "attention",
-    "attention_varlen",
-    "layer_norm",
-    "lstm",
-    "lstm_cell",
-    "rms_norm",
-    "scaled_dot_product_attention",
-]
+__all__ = export_families(__name__, __path__, globals())

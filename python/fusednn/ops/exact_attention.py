@@ -21,6 +21,9 @@ float32, or ``[0]`` unless bias_grad; autograd sums it back through the caller's
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
 import numbers
 from typing import Optional
@@ -28,140 +31,109 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fusednn import _runtime
+from fusednn import _runtime, registry
 from fusednn import reference as _reference
+from fusednn._validate import Args, describe, dtype_name, shape_of
+from fusednn.cases import exact_attention as _cases
 from fusednn.kernels import exact_attention as _kernels
+from fusednn.kernels.exact_attention import Options
+
+__all__ = ["attention", "attention_varlen", "scaled_dot_product_attention"]
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_SUPPORTED_DTYPES = _KERNEL_DTYPES + (torch.float64,)
 MAX_HEAD_DIM = _kernels.MAX_HEAD_DIM
 ALIGNMENTS = ("top_left", "bottom_right")
 
 
 # --------------------------------------------------------------------------- registered ops
 
+_SCHEMA_TYPES = {"Tensor": Tensor, "Tensor?": Optional[Tensor], "SymInt": int, "float": float, "bool": bool}
+
+
+def _signature(*leading: str, returns: int):
+    """Gives a registered op's function the signature ``(<leading>, <the fields of Options>)``
+    that torch.library infers its schema from; ``leading`` are "Tensor q"-style arguments.
+    The function itself takes the options as ``*options`` and rebuilds them with
+    ``Options(*options)``, so they are spelled only in ``Options``."""
+    def parameter(schema_type: str, name: str) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_SCHEMA_TYPES[schema_type])
+
+    def wrap(fn):
+        params = [parameter(*arg.split()) for arg in leading]
+        params += [parameter(f.metadata["schema"], f.name) for f in dataclasses.fields(Options)]
+        fn.__signature__ = inspect.Signature(params, return_annotation=tuple[(Tensor,) * returns])
+        return fn
+
+    return wrap
+
 
 @torch.library.triton_op("fusednn::attention_forward", mutates_args=())
-def attention_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias: Optional[Tensor],
-    cu_seqlens_q: Optional[Tensor],
-    cu_seqlens_k: Optional[Tensor],
-    max_seqlen_q: int,
-    max_seqlen_k: int,
-    scale: float,
-    softcap: float,
-    window_left: int,
-    window_right: int,
-    bottom_right: bool,
-    dropout_p: float,
-    seed: Optional[Tensor],
-    deterministic: bool,
-) -> tuple[Tensor, Tensor]:
+@_signature("Tensor q", "Tensor k", "Tensor v", "Tensor? bias", returns=2)
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], *options) -> tuple[Tensor, Tensor]:
     """Forward pass. Dense: q [B, Hq, Tq, D], k [B, Hkv, Tk, D], v [B, Hkv, Tk, Dv] ->
     out [B, Hq, Tq, Dv] (q's dtype), lse [B, Hq, Tq] float32. Packed (cu_seqlens given):
-    q [total_q, Hq, D] ... -> out [total_q, Hq, Dv], lse [1, Hq, total_q]. ``deterministic``
-    only matters to the backward."""
+    q [total_q, Hq, D] ... -> out [total_q, Hq, Dv], lse [1, Hq, total_q]. ``options`` are the
+    fields of ``Options`` in order."""
+    options = Options(*options)
     out = _runtime.empty(_out_shape(q, v), dtype=q.dtype, device=q.device)
     lse = _runtime.empty(_lse_shape(q), dtype=torch.float32, device=q.device)
-    _kernels.attention_forward(
-        _as_heads_first(q, cu_seqlens_q),
-        _as_heads_first(k, cu_seqlens_k),
-        _as_heads_first(v, cu_seqlens_k),
-        bias,
-        _as_heads_first(out, cu_seqlens_q),
-        lse,
-        _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap, window_left,
-                 window_right, bottom_right, dropout_p, seed),
-    )
+    varlen = options.varlen
+    _kernels.attention_forward(_as_heads_first(q, varlen), _as_heads_first(k, varlen), _as_heads_first(v, varlen),
+                               bias, _as_heads_first(out, varlen), lse, options)
     return out, lse
 
 
 @attention_forward.register_fake
-def _(q, k, v, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap, window_left,
-      window_right, bottom_right, dropout_p, seed, deterministic):
+def _(q, k, v, bias, *options):
     return q.new_empty(_out_shape(q, v)), q.new_empty(_lse_shape(q), dtype=torch.float32)
 
 
 @torch.library.triton_op("fusednn::attention_backward", mutates_args=())
-def attention_backward(
-    grad_out: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    lse: Tensor,
-    bias: Optional[Tensor],
-    cu_seqlens_q: Optional[Tensor],
-    cu_seqlens_k: Optional[Tensor],
-    max_seqlen_q: int,
-    max_seqlen_k: int,
-    scale: float,
-    softcap: float,
-    window_left: int,
-    window_right: int,
-    bottom_right: bool,
-    dropout_p: float,
-    seed: Optional[Tensor],
-    bias_grad: bool,
-    deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@_signature("Tensor grad_out", "Tensor q", "Tensor k", "Tensor v", "Tensor out", "Tensor lse", "Tensor? bias",
+            "bool bias_grad", returns=4)
+def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                       bias: Optional[Tensor], bias_grad: bool, *options) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of attention_forward: dq, dk, dv in the inputs' shapes and dtypes; dbias
-    [B, Hq, Tq, Tk] float32 (``[0]`` unless bias_grad). ``deterministic`` computes dq in its
-    own pass instead of float32 atomics, so results are bitwise reproducible."""
+    [B, Hq, Tq, Tk] float32 (``[0]`` unless bias_grad). With ``deterministic`` dq is
+    computed in its own pass instead of float32 atomics, so results are bitwise reproducible."""
+    options = Options(*options)
+    varlen = options.varlen
     dq = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = _runtime.empty(v.shape, dtype=v.dtype, device=v.device)
     dbias = _dbias_empty(q, k, bias_grad)
-    _kernels.attention_backward(
-        _as_heads_first(grad_out, cu_seqlens_q),
-        _as_heads_first(q, cu_seqlens_q),
-        _as_heads_first(k, cu_seqlens_k),
-        _as_heads_first(v, cu_seqlens_k),
-        _as_heads_first(out, cu_seqlens_q),
-        lse,
-        bias,
-        _as_heads_first(dq, cu_seqlens_q),
-        _as_heads_first(dk, cu_seqlens_k),
-        _as_heads_first(dv, cu_seqlens_k),
-        dbias if bias_grad else None,
-        _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap, window_left,
-                 window_right, bottom_right, dropout_p, seed),
-        deterministic=deterministic,
-    )
+    heads_first = [_as_heads_first(t, varlen) for t in (grad_out, q, k, v, out)]
+    _kernels.attention_backward(*heads_first, lse, bias, _as_heads_first(dq, varlen), _as_heads_first(dk, varlen),
+                                _as_heads_first(dv, varlen), dbias if bias_grad else None, options)
     return dq, dk, dv, dbias
 
 
 @attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap,
-      window_left, window_right, bottom_right, dropout_p, seed, bias_grad, deterministic):
+def _(grad_out, q, k, v, out, lse, bias, bias_grad, *options):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), _dbias_empty(q, k, bias_grad, fake=True)
 
 
 def _setup_context(ctx, inputs, output):
-    (q, k, v, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap, window_left,
-     window_right, bottom_right, dropout_p, seed, deterministic) = inputs
+    q, k, v, bias, *options = inputs
+    options = Options(*options)
     out, lse = output
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse, bias, cu_seqlens_q, cu_seqlens_k, seed)
-    ctx.options = (max_seqlen_q, max_seqlen_k, scale, softcap, window_left, window_right, bottom_right, dropout_p)
-    ctx.deterministic = deterministic
+    # Tensors go through save_for_backward; the rest of the options ride on ctx.
+    ctx.save_for_backward(q, k, v, out, lse, bias, *options.tensors())
+    ctx.options = options.with_tensors((None,) * len(Options.TENSORS))
 
 
 def _backward_formula(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, bias, cu_seqlens_q, cu_seqlens_k, seed = ctx.saved_tensors
-    (max_seqlen_q, max_seqlen_k, scale, softcap, window_left, window_right, bottom_right, dropout_p) = ctx.options
+    registry.check_no_double_backward("attention")
+    q, k, v, out, lse, bias, *option_tensors = ctx.saved_tensors
+    options = ctx.options.with_tensors(option_tensors)
     bias_grad = bool(ctx.needs_input_grad[3]) and bias is not None and bias.is_floating_point()
-    dq, dk, dv, dbias = torch.ops.fusednn.attention_backward(
-        grad_out, q, k, v, out, lse, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap,
-        window_left, window_right, bottom_right, dropout_p, seed, bias_grad, ctx.deterministic,
-    )
+    dq, dk, dv, dbias = torch.ops.fusednn.attention_backward(grad_out, q, k, v, out, lse, bias, bias_grad,
+                                                           *options.values())
     # The op takes the bias already broadcast to [B, Hq, Tq, Tk] (the public functions pass an
     # expanded view), so dbias has its shape; autograd sums it back through the expand.
     grad_bias = dbias.to(bias.dtype) if bias_grad else None
-    return (dq, dk, dv, grad_bias) + (None,) * 12
+    return (dq, dk, dv, grad_bias) + (None,) * Options.count()
 
 
 attention_forward.register_autograd(_backward_formula, setup_context=_setup_context)
@@ -188,145 +160,109 @@ def _dbias_empty(q: Tensor, k: Tensor, bias_grad: bool, fake: bool = False) -> T
     return q.new_empty(shape, dtype=torch.float32) if fake else q.new_zeros(shape, dtype=torch.float32)
 
 
-def _as_heads_first(t: Tensor, cu_seqlens: Optional[Tensor]) -> Tensor:
+def _as_heads_first(t: Tensor, varlen: bool) -> Tensor:
     """The kernels index [B, H, T, D] views; a packed [total, H, D] tensor is the view
     [1, H, total, D] and each program finds its rows through cu_seqlens."""
-    return t.permute(1, 0, 2).unsqueeze(0) if cu_seqlens is not None else t
-
-
-def _options(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, softcap, window_left, window_right,
-             bottom_right, dropout_p, seed) -> "_kernels.Options":
-    return _kernels.Options(
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        max_seqlen_q=max_seqlen_q,
-        max_seqlen_k=max_seqlen_k,
-        scale=scale,
-        softcap=softcap,
-        window_left=window_left,
-        window_right=window_right,
-        bottom_right=bottom_right,
-        dropout_p=dropout_p,
-        seed=seed,
-    )
+    return t.permute(1, 0, 2).unsqueeze(0) if varlen else t
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _check_options(where, causal, window, scale, softcap, dropout_p, alignment):
-    """Validates the scalar options; returns (window_left, window_right, softcap) in the op's encoding."""
-    if not isinstance(causal, bool):
-        raise TypeError(f"{where}: causal must be a bool, got {type(causal).__name__}")
+def _check_options(args: Args, causal, window, scale, softcap, dropout_p, alignment, deterministic,
+                   causal_name: str = "causal") -> tuple[int, int, Optional[float], float]:
+    """Validates the scalar options; returns (window_left, window_right, scale, softcap) in
+    the op's encoding (-1: unbounded side; softcap 0: none)."""
+    args.boolean(causal_name, causal)
     left = right = -1
     if window is not None:
         if not isinstance(window, (tuple, list)) or len(window) != 2:
-            raise TypeError(f"{where}: window must be None or a pair (left, right), got {window!r}")
+            raise args.error("window", "None or a pair (left, right)", describe(window), TypeError)
         sides = []
         for side_name, side in zip(("left", "right"), window):
-            if side is None:
-                side = -1
-            if not _is_int(side) or side < -1:
-                raise ValueError(
-                    f"{where}: window {side_name} must be a non-negative int, or None / -1 for unbounded; got {side!r}"
-                )
+            side = -1 if side is None else side
+            if not isinstance(side, numbers.Integral) or isinstance(side, bool):
+                raise args.error(f"window {side_name}", "an int, or None / -1 for unbounded", describe(side), TypeError)
+            if side < -1:
+                raise args.error(f"window {side_name}", "an int >= 0, or None / -1 for unbounded", repr(side))
             sides.append(int(side))
         left, right = sides
     if causal:
         if right > 0:
-            raise ValueError(f"{where}: causal=True hides keys after the query, so window right must be 0 or None; "
-                             f"got window={tuple(window)}")
+            raise args.error("window", f"(left, 0) or (left, None) with {causal_name}=True (it hides the keys after "
+                             "the query)", repr(tuple(window)))
         right = 0
-    if scale is not None and (not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale)):
-        raise TypeError(f"{where}: scale must be None or a finite float, got {scale!r}")
-    if softcap is None:
-        softcap = 0.0
-    if not isinstance(softcap, numbers.Real) or isinstance(softcap, bool) or not softcap >= 0 or math.isinf(softcap):
-        raise ValueError(f"{where}: softcap must be None or a finite float >= 0 (0 = off), got {softcap!r}")
-    if not isinstance(dropout_p, numbers.Real) or isinstance(dropout_p, bool) or not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"{where}: dropout_p must be a float in [0, 1], got {dropout_p!r}")
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"{where}: alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    return left, right, float(softcap)
+    if scale is not None:
+        scale = args.real("scale", scale)
+    softcap = 0.0 if softcap is None else args.real("softcap", softcap, minimum=0.0)
+    args.real("dropout_p", dropout_p, minimum=0.0, maximum=1.0)
+    args.choice("alignment", alignment, ALIGNMENTS)
+    args.boolean("deterministic", deterministic)
+    return left, right, scale, softcap
 
 
-def _check_qkv(where: str, q, k, v, rank: int, layout: str) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != rank:
-            raise ValueError(f"{where}: {name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
-        if t.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(f"{where}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"{where}: q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"{where}: q, k and v must be on the same device, got {q.device}, {k.device}, {v.device}")
-    head_axis = 1  # [B, H, T, D] and [total, H, D]
-    hq, hkv = q.shape[head_axis], k.shape[head_axis]
-    if v.shape[head_axis] != hkv:
-        raise ValueError(f"{where}: k and v must have the same number of heads, got {hkv} and {v.shape[head_axis]}")
+def _check_qkv(args: Args, q, k, v, rank: int, layout: str, names=("q", "k", "v")) -> None:
+    """q, k, v of one rank and dtype, on one device; GQA heads; matching lengths and head dims.
+    ``layout`` names the dims, heads on dim 1 (``[B, H, T, D]`` or ``[total, H, D]``)."""
+    qn, kn, vn = names
+    args.tensor(qn, q, layout, ndim=rank)
+    for name, t in ((kn, k), (vn, v)):
+        args.tensor(name, t, layout, ndim=rank, like=q, like_name=qn)
+    hq, hkv = q.shape[1], k.shape[1]
+    if v.shape[1] != hkv:
+        raise args.error(vn, f"{layout} with {kn}'s number of heads {hkv}", f"{v.shape[1]} heads")
     if hkv == 0 or hq % hkv != 0:
-        raise ValueError(
-            f"{where}: the query heads ({hq}) must be a multiple of the key/value heads ({hkv}) (GQA/MQA)"
-        )
-    seq_axis = 2 if rank == 4 else 0
-    if k.shape[seq_axis] != v.shape[seq_axis]:
-        raise ValueError(f"{where}: k and v must have the same length, got {k.shape[seq_axis]} and {v.shape[seq_axis]}")
-    if rank == 4 and not (q.shape[0] == k.shape[0] == v.shape[0]):
-        raise ValueError(f"{where}: q, k and v must have the same batch size, got {q.shape[0]}, {k.shape[0]}, "
-                         f"{v.shape[0]}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{where}: q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
-    for name, d in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
+        raise args.error(kn, f"{layout} with a number of heads that divides {qn}'s {hq} (GQA/MQA)", f"{hkv} heads")
+    seq = 2 if rank == 4 else 0
+    if v.shape[seq] != k.shape[seq]:
+        raise args.error(vn, f"{layout} with {kn}'s length {k.shape[seq]}", f"length {v.shape[seq]}")
+    if rank == 4:
+        for name, t in ((kn, k), (vn, v)):
+            if t.shape[0] != q.shape[0]:
+                raise args.error(name, f"{layout} with {qn}'s batch size {q.shape[0]}", f"batch size {t.shape[0]}")
+    if k.shape[-1] != q.shape[-1]:
+        raise args.error(kn, f"{layout} with {qn}'s head dim {q.shape[-1]}", f"head dim {k.shape[-1]}")
+    for name, d in ((qn, q.shape[-1]), (vn, v.shape[-1])):
         if not 1 <= d <= MAX_HEAD_DIM:
-            raise ValueError(f"{where}: the {name} head dim must be between 1 and {MAX_HEAD_DIM}, got {d}")
+            raise args.error(name, f"{layout} with a head dim between 1 and {MAX_HEAD_DIM}", f"head dim {d}")
 
 
-def _check_bias(where: str, attn_bias, q: Tensor, k: Tensor) -> Optional[Tensor]:
-    """attn_bias broadcast (as a view) to [B, Hq, Tq, Tk]."""
-    if attn_bias is None:
+def _check_bias(args: Args, name: str, bias, target: tuple[int, ...], device) -> Optional[Tensor]:
+    """A bool mask or float bias broadcast (as a view) to ``target`` = [B, Hq, Tq, Tk]."""
+    if bias is None:
         return None
-    if not isinstance(attn_bias, Tensor):
-        raise TypeError(f"{where}: attn_bias must be a torch.Tensor or None, got {type(attn_bias).__name__}")
-    if attn_bias.dtype != torch.bool and not attn_bias.is_floating_point():
-        raise TypeError(f"{where}: attn_bias must be a bool mask or a float bias, got {attn_bias.dtype}")
-    if attn_bias.device != q.device:
-        raise ValueError(f"{where}: attn_bias must be on q's device {q.device}, got {attn_bias.device}")
-    target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if not isinstance(bias, Tensor):
+        raise args.error(name, "a tensor or None", describe(bias), TypeError)
+    if bias.dtype != torch.bool and not bias.is_floating_point():
+        raise args.error(name, "a bool mask or a float bias", dtype_name(bias.dtype), TypeError)
+    if bias.device != device:
+        raise args.error(name, f"on the inputs' device {device}", str(bias.device))
     try:
-        if attn_bias.dim() > 4 or torch.broadcast_shapes(attn_bias.shape, target) != target:
+        if bias.dim() > len(target) or torch.broadcast_shapes(bias.shape, target) != tuple(target):
             raise RuntimeError
     except RuntimeError:
-        raise ValueError(
-            f"{where}: attn_bias must be broadcastable to [B, Hq, Tq, Tk] = {list(target)}, got shape "
-            f"{tuple(attn_bias.shape)}"
-        ) from None
-    return attn_bias.expand(target)
+        raise args.error(name, f"broadcastable to [B, Hq, Tq, Tk] = {list(target)}", shape_of(bias)) from None
+    return bias.expand(target)
 
 
-def _check_cu_seqlens(where: str, name: str, cu: Tensor, total: int, max_seqlen, device) -> None:
+def _check_cu_seqlens(args: Args, name: str, cu, total: int, max_name: str, max_seqlen, device) -> int:
+    """Offsets of a packed batch; returns max_seqlen as an int."""
     if not isinstance(cu, Tensor) or cu.dtype not in (torch.int32, torch.int64) or cu.dim() != 1 or cu.numel() < 1:
-        raise TypeError(f"{where}: {name} must be a 1-D int32/int64 tensor [num_seqs + 1], got "
-                        f"{cu.dtype if isinstance(cu, Tensor) else type(cu).__name__}"
-                        f"{' of shape ' + str(tuple(cu.shape)) if isinstance(cu, Tensor) else ''}")
+        raise args.error(name, "a 1-D int32/int64 tensor [num_seqs + 1]", describe(cu), TypeError)
     if cu.device != device:
-        raise ValueError(f"{where}: {name} must be on q's device {device}, got {cu.device}")
-    if not _is_int(max_seqlen) or max_seqlen < 0:
-        raise ValueError(f"{where}: max_seqlen for {name} must be a non-negative int, got {max_seqlen!r}")
+        raise args.error(name, f"on q's device {device}", str(cu.device))
+    max_seqlen = args.integer(max_name, max_seqlen, minimum=0)
     # One synchronising check: bad offsets would make the kernels read out of bounds.
     if not torch.compiler.is_compiling():
         lengths = cu[1:] - cu[:-1]
+        values = cu.tolist() if cu.numel() <= 16 else "offsets " + str(cu[:16].tolist())[:-1] + ", ...]"
         if int(cu[0]) != 0 or int(cu[-1]) != total or (lengths.numel() and int(lengths.min()) < 0):
-            raise ValueError(f"{where}: {name} must start at 0, be non-decreasing and end at the packed length "
-                             f"{total}; got {cu.tolist() if cu.numel() <= 16 else 'a tensor that does not'}")
+            raise args.error(name, f"offsets starting at 0, non-decreasing, ending at the packed length {total}",
+                             str(values))
         if lengths.numel() and int(lengths.max()) > max_seqlen:
-            raise ValueError(f"{where}: a sequence in {name} is longer ({int(lengths.max())}) than its max_seqlen "
-                             f"({max_seqlen})")
+            raise args.error(max_name, f"at least the longest sequence in {name} ({int(lengths.max())})",
+                             str(max_seqlen))
+    return max_seqlen
 
 
 def _draw_seed(dropout_p: float, device) -> Optional[Tensor]:
@@ -337,16 +273,8 @@ def _draw_seed(dropout_p: float, device) -> Optional[Tensor]:
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
-def _use_kernel(op: str, dtype: torch.dtype, device: torch.device) -> bool:
-    backend = _runtime.select_backend(op, device, ("triton",))
-    if backend == "reference":
-        return False
-    if dtype == torch.float64:
-        if _runtime.requested_backend() == "triton":
-            raise NotImplementedError(f"fusednn.ops.{op}: the Triton kernel takes float16, bfloat16 or float32 "
-                                      "inputs; float64 runs on the reference backend")
-        return False
-    return True
+def _window_for_reference(left: int, right: int):
+    return None if left < 0 and right < 0 else (None if left < 0 else left, None if right < 0 else right)
 
 
 # --------------------------------------------------------------------------- public functions
@@ -390,26 +318,30 @@ def attention(
     recomputes the probabilities block by block. ``deterministic=True`` computes dq in its
     own pass (no float32 atomics), so gradients are bitwise reproducible.
     """
-    where = "fusednn.ops.attention"
-    _check_qkv(where, q, k, v, 4, "[B, H, T, D]")
-    left, right, softcap_value = _check_options(where, causal, window, scale, softcap, dropout_p, alignment)
-    bias = _check_bias(where, attn_bias, q, k)
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"{where}: deterministic must be a bool, got {type(deterministic).__name__}")
-    scale_value = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    args = Args("fusednn.ops.attention")
+    _check_qkv(args, q, k, v, 4, "[B, H, T, D]")
+    left, right, scale, softcap = _check_options(args, causal, window, scale, softcap, dropout_p, alignment,
+                                                 deterministic)
+    args.boolean("return_lse", return_lse)
+    bias = _check_bias(args, "attn_bias", attn_bias, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), q.device)
+    out, lse = _dense_attention(ATTENTION, q, k, v, bias, left, right, scale, softcap, float(dropout_p),
+                                deterministic, alignment)
+    return (out, lse) if return_lse else out
 
-    if not _use_kernel("attention", q.dtype, q.device):
+
+def _dense_attention(info: registry.OpInfo, q, k, v, bias, left, right, scale, softcap, dropout_p, deterministic,
+                     alignment) -> tuple[Tensor, Tensor]:
+    """Validated [B, H, T, D] attention: the kernel, or the reference where no kernel serves."""
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if info.select(q.device, q.dtype) == "reference":
         return _reference.attention(
-            q, k, v, causal=causal, window=window and (None if left < 0 else left, None if right < 0 else right),
-            scale=scale_value, softcap=softcap_value or None, attn_bias=attn_bias, dropout_p=float(dropout_p),
-            return_lse=return_lse, alignment=alignment,
+            q, k, v, causal=False, window=_window_for_reference(left, right), scale=scale, softcap=softcap or None,
+            attn_bias=bias, dropout_p=dropout_p, return_lse=True, alignment=alignment,
         )
     q, k, v = (_runtime.unit_last_stride(t) for t in (q, k, v))
-    out, lse = torch.ops.fusednn.attention_forward(
-        q, k, v, bias, None, None, q.shape[2], k.shape[2], scale_value, softcap_value, left, right,
-        alignment == "bottom_right", float(dropout_p), _draw_seed(dropout_p, q.device), deterministic,
-    )
-    return (out, lse) if return_lse else out
+    options = Options(None, None, q.shape[2], k.shape[2], scale, softcap, left, right, alignment == "bottom_right",
+                      dropout_p, _draw_seed(dropout_p, q.device), deterministic)
+    return torch.ops.fusednn.attention_forward(q, k, v, bias, *options.values())
 
 
 def attention_varlen(
@@ -439,27 +371,31 @@ def attention_varlen(
     (alignment, causal and windows apply per sequence); attention biases are not supported.
     Returns out [total_q, Hq, Dv], and lse [Hq, total_q] (float32) when return_lse.
     """
-    where = "fusednn.ops.attention_varlen"
-    _check_qkv(where, q, k, v, 3, "[total_tokens, H, D]")
-    left, right, softcap_value = _check_options(where, causal, window, scale, softcap, dropout_p, alignment)
-    _check_cu_seqlens(where, "cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device)
-    _check_cu_seqlens(where, "cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q.device)
+    args = Args("fusednn.ops.attention_varlen")
+    _check_qkv(args, q, k, v, 3, "[total_tokens, H, D]")
+    left, right, scale, softcap = _check_options(args, causal, window, scale, softcap, dropout_p, alignment,
+                                                 deterministic)
+    args.boolean("return_lse", return_lse)
+    max_seqlen_q = _check_cu_seqlens(args, "cu_seqlens_q", cu_seqlens_q, q.shape[0], "max_seqlen_q", max_seqlen_q,
+                                     q.device)
+    max_seqlen_k = _check_cu_seqlens(args, "cu_seqlens_k", cu_seqlens_k, k.shape[0], "max_seqlen_k", max_seqlen_k,
+                                     q.device)
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
-        raise ValueError(f"{where}: cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
-                         f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
-    scale_value = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    if not _use_kernel("attention_varlen", q.dtype, q.device):
-        return _reference.attention_varlen(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
-            window=window and (None if left < 0 else left, None if right < 0 else right), scale=scale_value,
-            softcap=softcap_value or None, dropout_p=float(dropout_p), return_lse=return_lse, alignment=alignment,
+        raise args.error("cu_seqlens_k", f"offsets of as many sequences as cu_seqlens_q ({cu_seqlens_q.numel() - 1})",
+                         f"{cu_seqlens_k.numel() - 1} sequences")
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    dropout_p = float(dropout_p)
+    if ATTENTION_VARLEN.select(q.device, q.dtype) == "reference":
+        out, lse = _reference.attention_varlen(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window=_window_for_reference(left, right),
+            scale=scale, softcap=softcap or None, dropout_p=dropout_p, return_lse=True, alignment=alignment,
         )
+        return (out, lse) if return_lse else out
     q, k, v = (_runtime.unit_last_stride(t) for t in (q, k, v))
-    out, lse = torch.ops.fusednn.attention_forward(
-        q, k, v, None, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), int(max_seqlen_q),
-        int(max_seqlen_k), scale_value, softcap_value, left, right, alignment == "bottom_right", float(dropout_p),
-        _draw_seed(dropout_p, q.device), deterministic,
-    )
+    options = Options(cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), max_seqlen_q, max_seqlen_k, scale,
+                      softcap, left, right, alignment == "bottom_right", dropout_p, _draw_seed(dropout_p, q.device),
+                      deterministic)
+    out, lse = torch.ops.fusednn.attention_forward(q, k, v, None, *options.values())
     return (out, lse[0]) if return_lse else out
 
 
@@ -473,22 +409,26 @@ def scaled_dot_product_attention(
     scale: Optional[float] = None,
     enable_gqa: bool = False,
 ) -> Tensor:
-    """``torch.nn.functional.scaled_dot_product_attention`` computed by ``attention``.
+    """``torch.nn.functional.scaled_dot_product_attention`` computed by the fused kernels.
 
     query: [..., Hq, L, E]; key: [..., Hkv, S, E]; value: [..., Hkv, S, Ev] (any number of
     leading dims, broadcast against each other as torch does; without enable_gqa the head
     dims broadcast too, with it Hq must be a multiple of Hkv). attn_mask: bool (True = may
     attend) or float, broadcastable to [..., L, S]. is_causal is top-left aligned and cannot
-    be combined with attn_mask, as in torch. Returns [..., Hq, L, Ev] in query's dtype.
+    be combined with attn_mask. Returns [..., Hq, L, Ev] in query's dtype.
     """
-    where = "fusednn.ops.scaled_dot_product_attention"
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    args = Args("fusednn.ops.scaled_dot_product_attention")
+    names = ("query", "key", "value")
+    for name, t in zip(names, (query, key, value)):
+        args.tensor(name, t, "[..., T, E]")
         if t.dim() < 2:
-            raise ValueError(f"{where}: {name} must have at least 2 dims [..., T, E], got shape {tuple(t.shape)}")
+            raise args.error(name, "[..., T, E] with at least 2 dims", shape_of(t))
+    for name, t in zip(names[1:], (key, value)):
+        args.tensor(name, t, like=query, like_name="query")
+    args.boolean("is_causal", is_causal)
+    args.boolean("enable_gqa", enable_gqa)
     if attn_mask is not None and is_causal:
-        raise ValueError(f"{where}: attn_mask cannot be combined with is_causal=True (as in torch)")
+        raise args.unsupported("attn_mask together with is_causal=True is not supported; pass one of them")
     rank = max(query.dim(), key.dim(), value.dim(), 4)
     q, k, v = (t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)) for t in (query, key, value))
     try:
@@ -499,31 +439,24 @@ def scaled_dot_product_attention(
             common = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
             batch, heads_q, heads_kv = common[:-1], common[-1], common[-1]
     except RuntimeError:
-        raise ValueError(f"{where}: the leading dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
-                         f"{tuple(value.shape)} do not broadcast") from None
-    if enable_gqa and heads_q % heads_kv != 0:
-        raise ValueError(f"{where}: with enable_gqa the query heads ({heads_q}) must be a multiple of the key/value "
-                         f"heads ({heads_kv})")
+        raise args.error("key", f"[..., S, E] with leading dims that broadcast with query's {tuple(query.shape[:-2])} "
+                         f"and value's {tuple(value.shape[:-2])}", shape_of(key)) from None
     n = math.prod(batch)
 
     def to_bhtd(t, heads):
         return t.expand(*batch, heads, *t.shape[-2:]).reshape(n, heads, *t.shape[-2:])
 
     q4, k4, v4 = to_bhtd(q, heads_q), to_bhtd(k, heads_kv), to_bhtd(v, heads_kv)
+    _check_qkv(args, q4, k4, v4, 4, "[..., H, T, E]", names)
+    left, right, scale, softcap = _check_options(args, is_causal, None, scale, None, dropout_p, "top_left", False,
+                                                 causal_name="is_causal")
     bias = None
     if attn_mask is not None:
-        if not isinstance(attn_mask, Tensor):
-            raise TypeError(f"{where}: attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
         full = (*batch, heads_q, q.shape[-2], k.shape[-2])
-        try:
-            mask = attn_mask.expand(full) if attn_mask.dim() <= len(full) else None
-        except RuntimeError:
-            mask = None
-        if mask is None:
-            raise ValueError(f"{where}: attn_mask must be broadcastable to {list(full)}, got shape "
-                             f"{tuple(attn_mask.shape)}")
+        mask = _check_bias(args, "attn_mask", attn_mask, full, query.device)
         bias = mask.reshape(n, heads_q, q.shape[-2], k.shape[-2])
-    out = attention(q4, k4, v4, causal=bool(is_causal), scale=scale, attn_bias=bias, dropout_p=dropout_p)
+    out, _lse = _dense_attention(SDPA, q4, k4, v4, bias, left, right, scale, softcap, float(dropout_p), False,
+                                 "top_left")
     return _restore_rank(out.reshape(*batch, heads_q, q.shape[-2], v.shape[-1]), query, key, value)
 
 
@@ -532,3 +465,24 @@ def _restore_rank(out: Tensor, query: Tensor, key: Tensor, value: Tensor) -> Ten
     of its broadcast inputs."""
     rank = max(query.dim(), key.dim(), value.dim())
     return out.reshape(out.shape[out.dim() - rank:]) if out.dim() > rank else out
+
+
+# --------------------------------------------------------------------------- registry
+
+_TRITON = registry.Kernel("triton", _KERNEL_DTYPES)
+
+ATTENTION = registry.register(registry.OpInfo(
+    name="attention", family="exact_attention", function=attention, reference=_reference.attention,
+    baseline=functools.partial(_reference.attention, upcast=False), kernels=(_TRITON,), samples=_cases.attention_samples,
+    bad_inputs=_cases.attention_bad_inputs, outputs=("out", "lse"), bench=_cases.BENCH_SHAPES,
+))
+ATTENTION_VARLEN = registry.register(registry.OpInfo(
+    name="attention_varlen", family="exact_attention", function=attention_varlen,
+    reference=_reference.attention_varlen, baseline=functools.partial(_reference.attention_varlen, upcast=False), kernels=(_TRITON,),
+    samples=_cases.attention_varlen_samples, bad_inputs=_cases.attention_varlen_bad_inputs, outputs=("out", "lse"),
+))
+SDPA = registry.register(registry.OpInfo(
+    name="scaled_dot_product_attention", family="exact_attention", function=scaled_dot_product_attention,
+    reference=_reference.scaled_dot_product_attention, kernels=(_TRITON,), samples=_cases.sdpa_samples,
+    bad_inputs=_cases.sdpa_bad_inputs,
+))

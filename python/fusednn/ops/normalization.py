@@ -25,25 +25,28 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from fusednn import _runtime
+from fusednn import _runtime, registry
 from fusednn import reference as _reference
+from fusednn.cases import normalization as _cases
+from fusednn.reference.normalization import default_rms_eps
+from fusednn._validate import FLOAT_DTYPES, Args, accumulate_dtype, describe
 from fusednn.kernels import normalization as _kernels
 
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["layer_norm", "rms_norm"]
 
 
 # --------------------------------------------------------------------------- shared implementation
 
 
 def _stats_empty(x: Tensor) -> Tensor:
-    return x.new_empty((x.shape[0],), dtype=_kernels.accumulator_dtype(x.dtype))
+    return x.new_empty((x.shape[0],), dtype=accumulate_dtype(x.dtype))
 
 
 def _norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, rms: bool):
     x = _runtime.unit_last_stride(x)
     n_rows, n_cols = x.shape
     y = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
-    stat_dtype = _kernels.accumulator_dtype(x.dtype)
+    stat_dtype = accumulate_dtype(x.dtype)
     # Rows of zero width have no statistics; define them as mean 0, rstd 0.
     allocate_stats = torch.zeros if n_cols == 0 else _runtime.empty
     mean = None if rms else allocate_stats((n_rows,), dtype=stat_dtype, device=x.device)
@@ -85,7 +88,7 @@ def _norm_backward(grad_y, x, weight, mean, rstd, rms, weight_grad, bias_grad):
 
 def _norm_backward_fake(x, weight, weight_grad, bias_grad):
     grad_weight = weight.new_empty(weight.shape) if weight_grad else x.new_empty(0)
-    grad_bias = x.new_empty((x.shape[1],), dtype=_kernels.accumulator_dtype(x.dtype)) if bias_grad else x.new_empty(0)
+    grad_bias = x.new_empty((x.shape[1],), dtype=accumulate_dtype(x.dtype)) if bias_grad else x.new_empty(0)
     return x.new_empty(x.shape), grad_weight, grad_bias
 
 
@@ -145,6 +148,7 @@ def _layer_norm_setup_context(ctx, inputs, output):
 
 
 def _layer_norm_autograd(ctx, grad_y, _grad_mean, _grad_rstd):
+    registry.check_no_double_backward("layer_norm")
     x, weight, mean, rstd = ctx.saved_tensors
     needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
     weight_grad = needs_weight and weight is not None
@@ -210,6 +214,7 @@ def _rms_norm_setup_context(ctx, inputs, output):
 
 
 def _rms_norm_autograd(ctx, grad_y, _grad_rstd):
+    registry.check_no_double_backward("rms_norm")
     x, weight, rstd = ctx.saved_tensors
     needs_x, needs_weight = ctx.needs_input_grad[:2]
     weight_grad = needs_weight and weight is not None
@@ -223,54 +228,30 @@ rms_norm_forward.register_autograd(_rms_norm_autograd, setup_context=_rms_norm_s
 # --------------------------------------------------------------------------- validation
 
 
-def _check_inputs(
-    op: str,
-    x: Tensor,
-    normalized_shape,
-    params: dict[str, Optional[Tensor]],
-    eps,
-) -> tuple[int, ...]:
+def _check_inputs(op: str, x, normalized_shape, params: dict, eps) -> tuple[int, ...]:
     """Validates the arguments of ``op``; returns normalized_shape as a tuple."""
-    where = f"fusednn.ops.{op}"
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{where}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-
+    args = Args(f"fusednn.ops.{op}")
+    args.tensor("x", x)
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         shape = (int(normalized_shape),)
-    elif isinstance(normalized_shape, Sequence) and all(
+    elif isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str) and all(
         isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in normalized_shape
     ):
         shape = tuple(int(d) for d in normalized_shape)
     else:
-        raise TypeError(f"{where}: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+        raise args.error("normalized_shape", "an int or a sequence of ints", describe(normalized_shape), TypeError)
     if len(shape) == 0 or any(d < 0 for d in shape):
-        raise ValueError(f"{where}: normalized_shape must be non-empty and non-negative, got {shape}")
-    if x.dim() < len(shape) or tuple(x.shape[-len(shape) :]) != shape:
-        raise ValueError(
-            f"{where}: normalized_shape must equal the trailing dimensions of x; expected x.shape to end "
-            f"with {shape}, got x.shape {tuple(x.shape)}"
-        )
-
+        raise args.error("normalized_shape", "non-empty with sizes >= 0", repr(shape))
+    if x.dim() < len(shape) or tuple(x.shape[-len(shape):]) != shape:
+        raise args.error("normalized_shape", f"the trailing dims of x (x has shape {tuple(x.shape)})", repr(shape))
     for name, param in params.items():
-        if param is None:
-            continue
-        if not isinstance(param, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor or None, got {type(param).__name__}")
-        if tuple(param.shape) != shape:
-            raise ValueError(f"{where}: {name} must have shape normalized_shape {shape}, got {tuple(param.shape)}")
-        # Parameters may be of another float dtype than x (fp32 parameters with bf16/fp16
+        # Parameters may be of another float dtype than x (float32 parameters with bf16/fp16
         # activations, as in mixed-precision training), as torch's layer_norm/rms_norm allow.
-        if param.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(f"{where}: {name} must be float16, bfloat16, float32 or float64, got {param.dtype}")
-        if param.device != x.device:
-            raise ValueError(f"{where}: {name} must be on x's device {x.device}, got {param.device}")
-
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"{where}: eps must be a float, got {type(eps).__name__}")
-    if not eps >= 0:  # NaN fails too
-        raise ValueError(f"{where}: eps must be >= 0, got {eps}")
+        args.tensor(name, param, "of shape normalized_shape", optional=True, like=x, like_name="x",
+                    same_dtype=False)
+        if param is not None:
+            args.shape(name, param, shape, "normalized_shape")
+    args.real("eps", eps, minimum=0.0)
     return shape
 
 
@@ -299,7 +280,7 @@ def layer_norm(
     (float64 for float64 x); the backward saves x, weight, mean [M] and rstd [M].
     """
     shape = _check_inputs("layer_norm", x, normalized_shape, {"weight": weight, "bias": bias}, eps)
-    if _runtime.select_backend("layer_norm", x.device, ("triton",)) == "reference":
+    if LAYER_NORM.select(x.device, x.dtype) == "reference":
         return _reference.layer_norm(x, shape, weight, bias, eps)
     x2d, n_cols = _as_rows(x, shape)
     y, _mean, _rstd = torch.ops.fusednn.layer_norm_forward(
@@ -321,18 +302,36 @@ def rms_norm(
     (``torch.nn.functional.rms_norm``): y = x / sqrt(mean(x^2) + eps) * weight.
 
     x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
-    weight: normalized_shape, any float dtype, x's device, or None. eps None means
-    ``torch.finfo(x.dtype).eps``. Returns y with x's shape and dtype (contiguous).
-    rstd is computed in float32 (float64 for float64 x); the backward saves x, weight
-    and rstd [M].
+    weight: normalized_shape, any float dtype, x's device, or None. eps None means torch's
+    default: the machine epsilon of float32 (of float64 for float64 x), the precision the
+    statistics are computed in. Returns y with x's shape and dtype (contiguous). rstd is
+    computed in float32 (float64 for float64 x); the backward saves x, weight and rstd [M].
     """
-    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
-        eps = torch.finfo(x.dtype).eps
+    if eps is None and isinstance(x, Tensor) and x.dtype in FLOAT_DTYPES:
+        eps = default_rms_eps(x.dtype)
     shape = _check_inputs("rms_norm", x, normalized_shape, {"weight": weight}, eps)
-    if _runtime.select_backend("rms_norm", x.device, ("triton",)) == "reference":
+    if RMS_NORM.select(x.device, x.dtype) == "reference":
         return _reference.rms_norm(x, shape, weight, eps)
     x2d, n_cols = _as_rows(x, shape)
     y, _rstd = torch.ops.fusednn.rms_norm_forward(
         x2d, weight.reshape(n_cols) if weight is not None else None, float(eps)
     )
     return y.view(x.shape)
+
+
+# --------------------------------------------------------------------------- registry
+
+_TRITON = registry.Kernel("triton", FLOAT_DTYPES)
+
+LAYER_NORM = registry.register(registry.OpInfo(
+    name="layer_norm", family="normalization", function=layer_norm, reference=_reference.layer_norm,
+    kernels=(_TRITON,), samples=_cases.layer_norm_samples,
+    bad_inputs=_cases.layer_norm_bad_inputs, outputs=("y",),
+    bench=_cases.BENCH_SHAPES,
+))
+RMS_NORM = registry.register(registry.OpInfo(
+    name="rms_norm", family="normalization", function=rms_norm, reference=_reference.rms_norm,
+    kernels=(_TRITON,), samples=_cases.rms_norm_samples,
+    bad_inputs=_cases.rms_norm_bad_inputs, outputs=("y",),
+    bench=_cases.BENCH_SHAPES,
+))

@@ -10,104 +10,68 @@ Autograd is registered with ``torch.library.register_autograd``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from .. import _runtime
+from .. import registry
+from .._validate import FLOAT_DTYPES, Args, accumulate_dtype, describe, shape_of
+from ..cases import recurrent as _cases
 from ..reference import recurrent as reference
 
 __all__ = ["lstm", "lstm_cell"]
-
-_KERNELS = ("cuda", "cpu")
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _check_tensor(op, name, t, shape_doc, ndim, dtype=None, device=None):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"fusednn.ops.{op}: {name} must be a tensor {shape_doc}; got {type(t).__name__}")
-    if dtype is None:
-        if t.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(
-                f"fusednn.ops.{op}: {name} must be float32, float64, float16 or bfloat16; got {t.dtype}"
-            )
-    elif t.dtype != dtype:
-        raise TypeError(f"fusednn.ops.{op}: {name} must have x's dtype {dtype}; got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"fusednn.ops.{op}: {name} must be on x's device {device}; got {t.device}")
-    if t.dim() != ndim:
-        raise ValueError(f"fusednn.ops.{op}: {name} must be {ndim}-D {shape_doc}; got shape {tuple(t.shape)}")
-
-
-def _check_shape(op, name, t, expected, shape_doc):
-    if tuple(t.shape) != tuple(expected):
-        raise ValueError(
-            f"fusednn.ops.{op}: {name} must be {shape_doc} = {tuple(expected)}; got shape {tuple(t.shape)}"
-        )
-
-
-def _validate(op, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, x_doc):
+def _validate(args: Args, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, x_doc: str, state_names: tuple[str, str]):
     """Checks every argument; returns (h0, c0), zeros when hx is None."""
-    _check_tensor(op, "x", x, x_doc, 3 if op == "lstm" else 2)
-    dtype, device = x.dtype, x.device
-    _check_tensor(op, "w_ih", w_ih, "[4H, I]", 2, dtype, device)
+    args.tensor("x", x, x_doc, ndim=len(x_doc.split(",")))
+    args.tensor("w_ih", w_ih, "[4H, I]", ndim=2, like=x, like_name="x")
     if w_ih.shape[0] % 4 != 0 or w_ih.shape[0] == 0:
-        raise ValueError(f"fusednn.ops.{op}: w_ih must be [4H, I] with H >= 1; got shape {tuple(w_ih.shape)}")
-    H, I = w_ih.shape[0] // 4, x.shape[-1]
-    _check_shape(op, "w_ih", w_ih, (4 * H, I), "[4H, I]")
+        raise args.error("w_ih", "[4H, I] with H >= 1", shape_of(w_ih))
+    H, I = w_ih.shape[0] // 4, w_ih.shape[1]
+    if x.shape[-1] != I:
+        raise args.error("x", f"{x_doc} with I = {I} (w_ih is [4H, I] = {tuple(w_ih.shape)})", shape_of(x))
     P = H
     if w_hr is not None:
-        _check_tensor(op, "w_hr", w_hr, "[P, H]", 2, dtype, device)
+        args.tensor("w_hr", w_hr, "[P, H]", ndim=2, like=x, like_name="x")
         P = w_hr.shape[0]
-        _check_shape(op, "w_hr", w_hr, (P, H), "[P, H]")
-    _check_tensor(op, "w_hh", w_hh, "[4H, P]", 2, dtype, device)
-    _check_shape(op, "w_hh", w_hh, (4 * H, P), "[4H, P]" if w_hr is not None else "[4H, H]")
+        args.shape("w_hr", w_hr, (P, H), "[P, H]")
+    args.tensor("w_hh", w_hh, "[4H, P]" if w_hr is not None else "[4H, H]", ndim=2, like=x, like_name="x")
+    args.shape("w_hh", w_hh, (4 * H, P), "[4H, P]" if w_hr is not None else "[4H, H]")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            _check_tensor(op, name, b, "[4H]", 1, dtype, device)
-            _check_shape(op, name, b, (4 * H,), "[4H]")
+        if args.tensor(name, b, "[4H]", ndim=1, like=x, like_name="x", optional=True) is not None:
+            args.shape(name, b, (4 * H,), "[4H]")
     B = x.shape[-2]
     if hx is None:
         return x.new_zeros(B, P), x.new_zeros(B, H)
+    h_name, c_name = state_names
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise TypeError(f"fusednn.ops.{op}: hx must be a pair (h, c) of tensors; got {type(hx).__name__}")
+        raise args.error("hx", f"a pair ({h_name}, {c_name}) of tensors or None", describe(hx), TypeError)
     h, c = hx
-    hname, cname = ("h0", "c0") if op == "lstm" else ("h", "c")
-    _check_tensor(op, hname, h, "[B, P]" if w_hr is not None else "[B, H]", 2, dtype, device)
-    _check_shape(op, hname, h, (B, P), "[B, P]" if w_hr is not None else "[B, H]")
-    _check_tensor(op, cname, c, "[B, H]", 2, dtype, device)
-    _check_shape(op, cname, c, (B, H), "[B, H]")
+    h_doc = "[B, P]" if w_hr is not None else "[B, H]"
+    args.tensor(h_name, h, h_doc, ndim=2, like=x, like_name="x")
+    args.shape(h_name, h, (B, P), h_doc)
+    args.tensor(c_name, c, "[B, H]", ndim=2, like=x, like_name="x")
+    args.shape(c_name, c, (B, H), "[B, H]")
     return h, c
 
 
-def _validate_batch_sizes(batch_sizes, T, B) -> list[int] | None:
+def _validate_batch_sizes(args: Args, batch_sizes, T: int, B: int) -> list[int] | None:
     if batch_sizes is None:
         return None
-    if isinstance(batch_sizes, torch.Tensor):
-        if batch_sizes.dtype.is_floating_point or batch_sizes.dtype.is_complex or batch_sizes.dtype == torch.bool:
-            raise TypeError(f"fusednn.ops.lstm: batch_sizes must hold integers; got {batch_sizes.dtype}")
-        if batch_sizes.dim() != 1:
-            raise ValueError(f"fusednn.ops.lstm: batch_sizes must be 1-D [T]; got shape {tuple(batch_sizes.shape)}")
-        sizes = batch_sizes.tolist()
-    elif isinstance(batch_sizes, Sequence):
-        sizes = list(batch_sizes)
-        if not all(isinstance(s, int) for s in sizes):
-            raise TypeError("fusednn.ops.lstm: batch_sizes must hold integers")
-    else:
-        raise TypeError(f"fusednn.ops.lstm: batch_sizes must be a tensor or a list of ints; got {type(batch_sizes)}")
+    sizes = args.int_list("batch_sizes", batch_sizes, "[T]")
     if len(sizes) != T:
-        raise ValueError(f"fusednn.ops.lstm: batch_sizes must have T = {T} entries (one per step); got {len(sizes)}")
-    for t, n in enumerate(sizes):
-        if not 0 <= n <= B:
-            raise ValueError(f"fusednn.ops.lstm: batch_sizes[{t}] must be in [0, B = {B}]; got {n}")
-        if t and n > sizes[t - 1]:
-            raise ValueError(
-                f"fusednn.ops.lstm: batch_sizes must be non-increasing; got {sizes[t - 1]} then {n} at step {t}"
-            )
+        raise args.error("batch_sizes", f"T = {T} entries, one per step", f"{len(sizes)} entries")
+    if any(not 0 <= n <= B for n in sizes):
+        raise args.error("batch_sizes", f"in [0, B = {B}]", _short(sizes))
+    if any(later > earlier for earlier, later in zip(sizes, sizes[1:])):
+        raise args.error("batch_sizes", "non-increasing", _short(sizes))
     return sizes
+
+
+def _short(values: list[int]) -> str:
+    return str(values) if len(values) <= 16 else str(values[:16])[:-1] + ", ...]"
 
 
 # --------------------------------------------------------------------------- registration
@@ -118,7 +82,7 @@ def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sav
     T, B = x.shape[0], x.shape[1]
     H = w_ih.shape[0] // 4
     P = w_hr.shape[0] if w_hr is not None else H
-    math = torch.float64 if x.dtype == torch.float64 else torch.float32
+    math = accumulate_dtype(x.dtype)
     if save_workspace:
         gates, cells = x.new_empty(T, B, 4 * H, dtype=math), x.new_empty(T, B, H, dtype=math)
         hidden = x.new_empty(T, B, H) if w_hr is not None else x.new_empty(0)
@@ -151,6 +115,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, grad_h_n, grad_c_n, *_workspace_grads):
+    registry.check_no_double_backward("lstm")
     if not ctx.saved_workspace:
         raise RuntimeError(
             "fusednn::lstm_forward ran with save_workspace=False, so it cannot be differentiated; "
@@ -209,16 +174,13 @@ def lstm(x, hx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, batch_sizes=None):
     the gate activations ``[T, B, 4H]`` and cell states ``[T, B, H]`` (float32 for
     half types), and with w_hr the unprojected hidden states ``[T, B, H]``.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"fusednn.ops.lstm: x must be a 3-D tensor [T, B, I]; got {got}")
-    h0, c0 = _validate("lstm", x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, "[T, B, I]")
+    args = Args("fusednn.ops.lstm")
+    h0, c0 = _validate(args, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, "[T, B, I]", ("h0", "c0"))
     T, B = x.shape[0], x.shape[1]
     if T == 0:
-        raise ValueError("fusednn.ops.lstm: x must have at least one time step (T >= 1); got T = 0")
-    sizes = _validate_batch_sizes(batch_sizes, T, B)
-    backend = _runtime.select_backend("lstm", x.device, _KERNELS)
-    if backend == "reference":
+        raise args.error("x", "[T, B, I] with T >= 1 (a sequence of at least one step)", shape_of(x))
+    sizes = _validate_batch_sizes(args, batch_sizes, T, B)
+    if LSTM.select(x.device, x.dtype) == "reference":
         return reference.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr, sizes)
     save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     y, h_n, c_n, *_workspace = torch.ops.fusednn.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, save)
@@ -238,15 +200,27 @@ def lstm_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     Saved for backward (only when a gradient is needed): x, h, c, the weights, the
     gate activations ``[B, 4H]`` and the new cell state.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"fusednn.ops.lstm_cell: x must be a 2-D tensor [B, I]; got {got}")
-    h, c = _validate("lstm_cell", x, hx, w_ih, w_hh, b_ih, b_hh, None, "[B, I]")
-    backend = _runtime.select_backend("lstm_cell", x.device, _KERNELS)
-    if backend == "reference":
+    h, c = _validate(Args("fusednn.ops.lstm_cell"), x, hx, w_ih, w_hh, b_ih, b_hh, None, "[B, I]", ("h", "c"))
+    if LSTM_CELL.select(x.device, x.dtype) == "reference":
         return reference.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh)
     _y, h_n, c_n, *_workspace = torch.ops.fusednn.lstm_forward(
         x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, None, save
     )
     return h_n, c_n
+
+
+# --------------------------------------------------------------------------- registry
+
+_KERNELS = (registry.Kernel("cuda", FLOAT_DTYPES), registry.Kernel("cpu", FLOAT_DTYPES))
+
+LSTM = registry.register(registry.OpInfo(
+    name="lstm", family="recurrent", function=lstm, reference=reference.lstm, kernels=_KERNELS,
+    samples=_cases.lstm_samples, bad_inputs=_cases.lstm_bad_inputs, outputs=("y", "h_n", "c_n"),
+    baseline=reference.torch_lstm, bench=_cases.BENCH_SHAPES,
+))
+LSTM_CELL = registry.register(registry.OpInfo(
+    name="lstm_cell", family="recurrent", function=lstm_cell, reference=reference.lstm_cell, kernels=_KERNELS,
+    samples=_cases.lstm_cell_samples, bad_inputs=_cases.lstm_cell_bad_inputs, outputs=("h", "c"),
+    baseline=reference.torch_lstm_cell,
+))

@@ -1,7 +1,6 @@
-"""Plain-PyTorch references of every fusednn op: short, readable, any dtype and device."""
+"""Plain-PyTorch references of every fusednn op: short, readable, any dtype and device.
+Every name in a family module's ``__all__`` is exported here."""
 
-from .exact_attention import attention, attention_varlen
-from .normalization import layer_norm, rms_norm
-from .recurrent import lstm, lstm_cell
+from .._runtime import export_families
 
-__all__ = ["attention", "attention_varlen", "layer_norm", "lstm", "lstm_cell", "rms_norm"]
+__all__ = export_families(__name__, __path__, globals())

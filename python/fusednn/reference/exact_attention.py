@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+__all__ = ["attention", "attention_varlen", "scaled_dot_product_attention", "visible_keys"]
+
 
 def visible_keys(
     Tq: int,
@@ -31,8 +33,10 @@ def visible_keys(
     alignment: str = "top_left",
     device=None,
 ) -> Optional[Tensor]:
-    """Bool [Tq, Tk]: True where query i may see key j (None when every key is visible)."""
+    """Bool [Tq, Tk]: True where query i may see key j (None when every key is visible).
+    A window side of None or -1 is unbounded."""
     left, right = window if window is not None else (None, None)
+    left, right = (None if side is None or side < 0 else side for side in (left, right))
     if causal:
         right = 0 if right is None else min(right, 0)
     if left is None and right is None:
@@ -61,10 +65,13 @@ def attention(
     dropout_p: float = 0.0,
     dropout_mask: Optional[Tensor] = None,
     return_lse: bool = False,
+    deterministic: bool = False,
     alignment: str = "top_left",
     upcast: bool = True,
 ):
     """q: [B, Hq, Tq, D]; k: [B, Hkv, Tk, D]; v: [B, Hkv, Tk, Dv]; Hq a multiple of Hkv.
+    The arguments of ``fusednn.ops.attention`` (``deterministic`` changes nothing: this
+    computation is deterministic), plus ``dropout_mask`` and ``upcast``.
 
     attn_bias: bool or float, broadcastable to [B, Hq, Tq, Tk]. dropout_mask: bool keep-mask
     broadcastable to [B, Hq, Tq, Tk]; when dropout_p > 0 and it is None, one is drawn with
@@ -109,7 +116,7 @@ def attention(
     if dropout_p > 0.0:
         if dropout_mask is None:
             dropout_mask = torch.rand(p.shape, device=p.device) >= dropout_p
-        p = p * dropout_mask.to(p.dtype) * (0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p))
+        p = p * dropout_mask.to(device=p.device, dtype=p.dtype) * (0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p))
     out = (p.to(compute) @ vf).to(q.dtype)
     if return_lse:
         return out, lse.float()
@@ -149,3 +156,17 @@ def attention_varlen(
         lse = torch.cat(lses, dim=1) if lses else q.new_empty((q.shape[1], 0), dtype=torch.float32)
         return out, lse
     return out
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> Tensor:
+    """torch's own scaled_dot_product_attention on its math backend: the definition that
+    ``fusednn.ops.scaled_dot_product_attention`` follows (any dtype, float64 included)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa,
+        )

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+__all__ = ["default_rms_eps", "layer_norm", "rms_norm"]
+
 
 def _normalized_dims(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
@@ -16,6 +18,12 @@ def _normalized_dims(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
+
+
+def default_rms_eps(dtype: torch.dtype) -> float:
+    """torch's rms_norm default eps: the machine epsilon of the dtype the statistics are
+    computed in (float32 for float16/bfloat16/float32 inputs, float64 for float64)."""
+    return torch.finfo(_compute_dtype(dtype)).eps
 
 
 def layer_norm(
@@ -52,10 +60,10 @@ def rms_norm(
     """y = x / sqrt(mean(x^2) + eps) * weight, over the trailing dims.
 
     x: [..., *normalized_shape]; weight: normalized_shape or None; eps None means
-    ``torch.finfo(x.dtype).eps`` (as torch.nn.functional.rms_norm).
+    ``default_rms_eps(x.dtype)`` (as torch.nn.functional.rms_norm).
     """
     if eps is None:
-        eps = torch.finfo(x.dtype).eps
+        eps = default_rms_eps(x.dtype)
     dims = _normalized_dims(normalized_shape)
     compute = _compute_dtype(x.dtype)
     xf = x.to(compute)
