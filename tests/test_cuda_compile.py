@@ -1,6 +1,6 @@
 """Every CUDA source compiles with nvcc alone, for sm_80 and sm_90a.
 
-The .cu files hold no torch headers (DESIGN.md), so this runs on machines without a
+The .cu files hold no torch headers (see CONTRIBUTING.md), so this runs on machines without a
 GPU or a CUDA build of torch. ptxas' register and spill counts of every kernel are
 collected and printed in the terminal summary.
 """
