@@ -10,8 +10,6 @@ import fusednn
 from fusednn import registry, testing
 from fusednn.registry import Sample, View
 
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-
 # The tiny modules here run in float32/float64 on the CPU; float16/bfloat16 on CUDA (the
 # registry's large samples cover the CPU kernels' low precision).
 DEVICE_DTYPES = [(d, t) for d, t in testing.kernel_dtypes(registry.get("lstm"))

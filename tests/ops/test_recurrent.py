@@ -11,8 +11,6 @@ from fusednn.cases.recurrent import batch_sizes_of, lstm_tensors
 from fusednn.reference import recurrent as reference
 from fusednn.testing import assert_close
 
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-
 
 @pytest.mark.parametrize("op, torch_op", [("lstm", reference.torch_lstm), ("lstm_cell", reference.torch_lstm_cell)])
 def test_reference_matches_torch_lstm(op, torch_op):
