@@ -11,20 +11,26 @@
   CPU interpreter), forced backends that cannot serve raise.
 
 An op added to the registry is picked up here with no change to this file.
+
+``FUSEDNN_TEST_GRID=curated`` (set by bench/gpu.sh, whose lease is short) keeps, on CUDA,
+only the samples ``python -m fusednn check`` runs: each op's opcheck samples in every
+dtype (the first low-precision one where those are tiny).
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 import torch
 
 import fusednn
-from fusednn import registry, testing
+from fusednn import check, registry, testing
 from fusednn._validate import LOW_PRECISION, dtype_name
 
 OPS = registry.ops()
+CURATED = os.environ.get("FUSEDNN_TEST_GRID", "full") == "curated"
 
 
 def _sample(info: registry.OpInfo, name: str) -> registry.Sample:
@@ -45,6 +51,8 @@ def _params(select, with_dtype: bool = True):
                 continue
             for device, dtype in testing.kernel_dtypes(info):
                 if dtype in LOW_PRECISION and not sample.low_precision:
+                    continue
+                if CURATED and device == "cuda" and sample.name not in {s.name for s in check.check_samples(info, dtype)}:
                     continue
                 params.append(pytest.param(info.name, sample.name, device, dtype, marks=marks,
                                            id=f"{info.name}-{sample.name}-{device}-{dtype_name(dtype)}"))
