@@ -3,7 +3,7 @@ lstm_backward), without the Python wrappers' validation in front of them.
 
 Every tensor argument is checked in C++ before a kernel reads it: a bad one raises
 TypeError (dtype) or ValueError (anything else) naming it, and nothing crashes or
-reads out of bounds.
+reads out of bounds. NaN and +-inf inputs are well defined in the float32 kernels.
 """
 
 import pytest
@@ -250,6 +250,93 @@ def test_half_types_run_with_float32_workspace(dtype, projected):
     for a, b in zip(out, expected):
         assert a.dtype == dtype and a.shape == b.shape
         torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol)
+
+
+def _torch_lstm(args):
+    """torch.nn.LSTM (one layer) on the op's arguments: y, h_n, c_n."""
+    x, w_ih = args["x"], args["w_ih"]
+    module = torch.nn.LSTM(x.shape[2], w_ih.shape[0] // 4, dtype=x.dtype)
+    with torch.no_grad():
+        for name, key in (("weight_ih_l0", "w_ih"), ("weight_hh_l0", "w_hh"), ("bias_ih_l0", "b_ih"),
+                          ("bias_hh_l0", "b_hh")):
+            getattr(module, name).copy_(args[key])
+        y, (h, c) = module(x, (args["h0"][None], args["c0"][None]))
+    return y, h[0], c[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_input_gives_nan_outputs(dtype):
+    """NaN in one row of x poisons that row from its step on, as in torch; the other
+    rows stay finite (the float32 exp used to convert NaN to int: undefined)."""
+    args = _forward_args(dtype)
+    args["x"][1, 2, 0] = float("nan")
+    for save in (False, True):
+        y, h_n, c_n, gates, cells, _ = torch.ops.fusednn.lstm_forward(**{**args, "save_workspace": save})
+        y_ref, h_ref, c_ref = _torch_lstm(args)
+        for a, e in ((y, y_ref), (h_n, h_ref), (c_n, c_ref)):
+            assert torch.equal(a.isnan(), e.isnan())
+            torch.testing.assert_close(a, e, equal_nan=True)
+        assert y[1:, 2].isnan().all() and y[:1].isfinite().all() and y[:, :2].isfinite().all()
+        if save:
+            assert gates[1:, 2].isnan().any() and gates[:, :2].isfinite().all()
+    args = _backward_args(dtype)
+    args["grad_y"][2, 0, 1] = float("nan")
+    grad_x, grad_h0, grad_c0, *_ = torch.ops.fusednn.lstm_backward(**args)
+    assert grad_x[:3, 0].isnan().any() and grad_h0[0].isnan().any() and grad_x[:, 1:].isfinite().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinite_input_saturates_like_torch(dtype):
+    """+-inf in x drives the gates to 0/1/+-1: finite outputs where torch's are finite."""
+    args = _forward_args(dtype)
+    args["x"][0, 0, 1] = float("inf")
+    args["x"][2, 1, 3] = float("-inf")
+    args["x"][3, 2, :] = float("inf")  # one inf per gate pre-activation would do; here the sums may meet
+    y, h_n, c_n, gates, cells, _ = torch.ops.fusednn.lstm_forward(**args)
+    y_ref, h_ref, c_ref = _torch_lstm(args)
+    for a, e in ((y, y_ref), (h_n, h_ref), (c_n, c_ref)):
+        assert torch.equal(a.isfinite(), e.isfinite())
+        torch.testing.assert_close(a, e, equal_nan=True)
+    assert y[:, :2].isfinite().all() and gates[:, :2].isfinite().all()
+    assert (gates[0, 0].abs() <= 1).all()
+
+
+@pytest.mark.parametrize("extreme", [float("nan"), float("inf"), float("-inf"), 1e30, -1e30, 88.8, -87.5])
+def test_extreme_cell_states_stay_defined(extreme):
+    """Extreme states reach tanh of the cell; the float32 kernel's activations take them."""
+    args = _forward_args(torch.float32)
+    args["c0"][0, :] = extreme
+    args["h0"][1, :] = extreme if extreme == extreme else 0.0
+    y, h_n, c_n, *_ = torch.ops.fusednn.lstm_forward(**args)
+    y_ref, h_ref, c_ref = _torch_lstm(args)
+    for a, e in ((y, y_ref), (h_n, h_ref), (c_n, c_ref)):
+        assert torch.equal(a.isnan(), e.isnan())
+        torch.testing.assert_close(a, e, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("sizes", [dict(B=0), dict(I=0), dict(H=0), dict(P=0), dict(T=1, B=1, I=1, H=1)],
+                         ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_degenerate_sizes(sizes, dtype):
+    """Empty dimensions go through both ops (the kernels see null pointers and zero widths)."""
+    d = {"T": 3, "B": 2, "I": 3, "H": 4, **sizes}
+    proj = sizes.get("P")
+    R = d["H"] if proj is None else proj
+    x = torch.randn(d["T"], d["B"], d["I"]).to(dtype)
+    w_hr = torch.randn(proj, d["H"]).to(dtype) if proj is not None else None
+    args = dict(x=x, h0=torch.randn(d["B"], R).to(dtype), c0=torch.randn(d["B"], d["H"]).to(dtype),
+                w_ih=torch.randn(4 * d["H"], d["I"]).to(dtype), w_hh=torch.randn(4 * d["H"], R).to(dtype),
+                b_ih=torch.randn(4 * d["H"]).to(dtype), b_hh=None, w_hr=w_hr)
+    for batch_sizes in (None, [d["B"]] + [max(d["B"] - 1, 0)] * (d["T"] - 1)):
+        y, h_n, c_n, gates, cells, hidden = torch.ops.fusednn.lstm_forward(**args, batch_sizes=batch_sizes,
+                                                                          save_workspace=True)
+        assert y.shape == (d["T"], d["B"], R) and c_n.shape == (d["B"], d["H"])
+        assert not y.isnan().any() and not c_n.isnan().any()
+        grads = torch.ops.fusednn.lstm_backward(
+            torch.ones_like(y), None, torch.ones_like(c_n), x, args["h0"], args["c0"], args["w_ih"], args["w_hh"],
+            w_hr, batch_sizes, y, gates, cells, hidden, True)
+        assert grads[0].shape == x.shape and grads[3].shape == (4 * d["H"], d["I"] + R)
+        assert not any(g.isnan().any() for g in grads)
 
 
 def test_batch_sizes_of_zero_rows():

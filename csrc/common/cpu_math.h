@@ -1,7 +1,8 @@
 // Activation functions of the CPU kernels, written so that loops over them vectorize.
 // libm's expf/tanhf do not vectorize without -ffast-math, so float32 uses the versions
 // below: branch-free, with value selects (not std::min/max's references, which GCC
-// does not if-convert), about 1 ulp. Framework-free.
+// does not if-convert), about 1 ulp, and defined for every input (NaN in, NaN out;
+// +-inf saturate). Framework-free.
 #pragma once
 
 #include <cmath>
@@ -23,11 +24,13 @@ namespace fusednn {
 // exp(x) for float: Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, and a
 // degree-7 polynomial for exp(r) (Cephes' expf coefficients); about 1 ulp.
 FUSEDNN_INLINE float exp_float(float x) {
-  x = x < -87.3365447505f ? -87.3365447505f : x;
-  x = x > 88.3762626647949f ? 88.3762626647949f : x;
-  float k = x * 1.44269504088896341f;
+  // Clamp to where 2^k is a normal float. NaN fails `>` and lands on the lower bound,
+  // so k stays in range for the int conversion; the last select restores it.
+  float c = x > -87.3365447505f ? x : -87.3365447505f;
+  c = c < 88.3762626647949f ? c : 88.3762626647949f;
+  float k = c * 1.44269504088896341f;
   k = (k + 12582912.0f) - 12582912.0f;  // round to nearest without a libm call
-  const float r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+  const float r = (c - k * 0.693359375f) - k * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -38,14 +41,16 @@ FUSEDNN_INLINE float exp_float(float x) {
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k, k in [-126, 127]
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  const float result = p * scale;
+  return x == x ? result : x;
 }
 
 FUSEDNN_INLINE float sigmoid_of(float x) { return 1.0f / (1.0f + exp_float(-x)); }
 FUSEDNN_INLINE double sigmoid_of(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // tanh for float: an odd polynomial near 0 (Cephes' tanhf), where 1 - 2/(e^2x + 1)
-// would lose relative accuracy, and the exp form elsewhere.
+// would lose relative accuracy, and the exp form elsewhere (NaN passes through it;
+// +-inf give +-1).
 FUSEDNN_INLINE float tanh_of(float x) {
   const float a = std::fabs(x);
   const float z = x * x;

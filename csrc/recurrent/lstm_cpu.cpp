@@ -89,12 +89,13 @@ FUSEDNN_INLINE void forward_rows_with_bias(const ForwardStepParams& p, int64_t b
     const T* bias = static_cast<const T*>(p.bias);
     M* cell = static_cast<M*>(p.cell) + b * H;
     T* h_out = static_cast<T*>(p.hidden_out) + b * H;
-    M* act = static_cast<M*>(p.saved_gates) + b * 4 * H;
-    if (p.saved_gates == nullptr) {
+    if (p.saved_gates == nullptr) {  // (no offset from it then: null + n is undefined)
       forward_row<T, GateOutput::kNone, kBias>(gx, gh, bias, cell, h_out, nullptr, H);
     } else if (p.saved_gates == p.input_gates) {  // only where the gates' types agree
+      M* act = static_cast<M*>(p.saved_gates) + b * 4 * H;
       forward_row<T, GateOutput::kInPlace, kBias>(nullptr, gh, bias, cell, h_out, act, H);
     } else {
+      M* act = static_cast<M*>(p.saved_gates) + b * 4 * H;
       forward_row<T, GateOutput::kSeparate, kBias>(gx, gh, bias, cell, h_out, act, H);
     }
     if (p.saved_cell) std::memcpy(static_cast<M*>(p.saved_cell) + b * H, cell, H * sizeof(M));
