@@ -19,6 +19,7 @@ def test_readme_has_python_snippets():
     assert SNIPPETS
 
 
+@pytest.mark.slow  # a fresh interpreter per snippet
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(index):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FUSEDNN_BACKEND")}

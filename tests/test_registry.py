@@ -54,7 +54,10 @@ def _params(select, with_dtype: bool = True):
                     continue
                 if CURATED and device == "cuda" and sample.name not in {s.name for s in check.check_samples(info, dtype)}:
                     continue
-                params.append(pytest.param(info.name, sample.name, device, dtype, marks=marks,
+                # float16 through Triton's interpreter is half of this file's time: make test-fast skips it
+                interpreted = device == "cpu" and info.select(torch.device(device), dtype) == "triton"
+                slow = [pytest.mark.slow] if interpreted and dtype in LOW_PRECISION else []
+                params.append(pytest.param(info.name, sample.name, device, dtype, marks=marks + slow,
                                            id=f"{info.name}-{sample.name}-{device}-{dtype_name(dtype)}"))
     return params
 

@@ -131,6 +131,8 @@ class OpInfo:
     bad_inputs: Callable[[], list[BadInput]]
     # Names of the floating outputs, in the order the result flattens (pytree order).
     outputs: tuple[str, ...] = ("output",)
+    # Names of inputs nested in an argument, as messages should show them ({"hx[0]": "h0"}).
+    input_names: dict = dataclasses.field(default_factory=dict)
     # PyTorch's own computation at low precision (the 2x rule's baseline), the function's
     # signature; None: the reference run in that precision.
     baseline: Optional[Callable] = None

@@ -315,7 +315,7 @@ def compare_sample(info: OpInfo, sample: Sample, device, dtype: torch.dtype, *, 
     if dtype in LOW_PRECISION:
         baseline = run_sample(info.baseline or info.reference, Inputs(info.function, sample, dtype, device),
                               ours.differentiated)
-    names = output_names(info, len(ours.outputs)) + [f"grad {n}" for n in ours_inputs.names]
+    names = output_names(info, len(ours.outputs)) + [f"grad {info.input_names.get(n, n)}" for n in ours_inputs.names]
     return _compare_runs(f"{info.name} [{sample.name}]", names, ours, truth, baseline, sample.tolerances, device,
                          dtype, raise_on_failure)
 

@@ -54,6 +54,15 @@ def test_workspace_saved_only_when_needed():
     torch.testing.assert_close(y, y_saved, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("P, batch_sizes", [(0, None), (3, [3, 3, 1, 0])])
+def test_opcheck_forward_without_workspace(P, batch_sizes):
+    """The forward run for inference (save_workspace=False), which the registry's opcheck
+    samples (all differentiated) do not reach."""
+    t = {k: (v.detach().float() if v is not None else None) for k, v in lstm_tensors(4, 3, 5, 4, P).items()}
+    args = (t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], t["w_hr"], batch_sizes, False)
+    testing.opcheck(torch.ops.fusednn.lstm_forward.default, args)
+
+
 def test_cpu_kernel_agrees_with_the_reference_backend():
     """The same float32 call on the C++ kernel and on the reference backend: outputs and
     every gradient agree to float32's 1e-5."""

@@ -65,7 +65,8 @@ def _norm_samples(param_sets) -> list[Sample]:
     for label, x_shape, normalized in (("zero-rows", (0, 37), (37,)), ("zero-leading", (2, 0, 37), (37,)),
                                        ("zero-width", (3, 0), (0,))):
         samples.append(Sample(label, (_randn(*x_shape), normalized), dict(_params(names[:1], normalized), eps=1e-5)))
-    # Only some inputs need a gradient.
+    # Only some inputs need a gradient (frozen parameters: only x).
+    samples.append(Sample("only-x-grad", (_randn(4, 37), (37,)), dict(_params(names, (37,), grad=False), eps=1e-5)))
     for which in names:
         params = _params(names, (37,), grad=False)
         params[which].requires_grad_(True)
@@ -76,13 +77,14 @@ def _norm_samples(param_sets) -> list[Sample]:
 
 def layer_norm_samples() -> list[Sample]:
     samples = _norm_samples([(), ("weight",), ("weight", "bias")])
-    return mark(samples, opcheck={"width37-no-params", "width37-weight", "width37-weight+bias", "only-bias-grad"})
+    return mark(samples, opcheck={"width37-no-params", "width37-weight", "width37-weight+bias", "only-bias-grad",
+                                  "only-x-grad"})
 
 
 def rms_norm_samples() -> list[Sample]:
     samples = _norm_samples([(), ("weight",)])
     # eps=None: the default (float32's epsilon) matters when the rows are small.
-    return mark(samples, opcheck={"width37-no-params", "width37-weight", "only-weight-grad"})
+    return mark(samples, opcheck={"width37-no-params", "width37-weight", "only-weight-grad", "only-x-grad"})
 
 
 def _bad_norm_inputs(op: str) -> list[BadInput]:

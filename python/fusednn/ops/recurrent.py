@@ -217,10 +217,12 @@ _KERNELS = (registry.Kernel("cuda", FLOAT_DTYPES), registry.Kernel("cpu", FLOAT_
 LSTM = registry.register(registry.OpInfo(
     name="lstm", family="recurrent", function=lstm, reference=reference.lstm, kernels=_KERNELS,
     samples=_cases.lstm_samples, bad_inputs=_cases.lstm_bad_inputs, outputs=("y", "h_n", "c_n"),
+    input_names={"hx[0]": "h0", "hx[1]": "c0"},
     baseline=reference.torch_lstm, bench=_cases.BENCH_SHAPES,
 ))
 LSTM_CELL = registry.register(registry.OpInfo(
     name="lstm_cell", family="recurrent", function=lstm_cell, reference=reference.lstm_cell, kernels=_KERNELS,
     samples=_cases.lstm_cell_samples, bad_inputs=_cases.lstm_cell_bad_inputs, outputs=("h", "c"),
+    input_names={"hx[0]": "h", "hx[1]": "c"},
     baseline=reference.torch_lstm_cell,
 ))

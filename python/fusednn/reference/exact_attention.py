@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._validate import accumulate_dtype
+
 __all__ = ["attention", "attention_varlen", "scaled_dot_product_attention", "visible_keys"]
 
 
@@ -82,7 +84,7 @@ def attention(
     probabilities rounded before the product with v; softmax still in float32): PyTorch's
     low-precision computation, the baseline of the 2x error rule for float16/bfloat16.
     """
-    softmax_dtype = torch.promote_types(q.dtype, torch.float32)
+    softmax_dtype = accumulate_dtype(q.dtype)
     compute = softmax_dtype if upcast else q.dtype
     Hq, Tq, D = q.shape[-3], q.shape[-2], q.shape[-1]
     Hkv, Tk = k.shape[-3], k.shape[-2]

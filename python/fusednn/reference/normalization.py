@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from .._validate import accumulate_dtype
+
 __all__ = ["default_rms_eps", "layer_norm", "rms_norm"]
 
 
@@ -16,14 +18,10 @@ def _normalized_dims(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(range(-count, 0))
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def default_rms_eps(dtype: torch.dtype) -> float:
     """torch's rms_norm default eps: the machine epsilon of the dtype the statistics are
     computed in (float32 for float16/bfloat16/float32 inputs, float64 for float64)."""
-    return torch.finfo(_compute_dtype(dtype)).eps
+    return torch.finfo(accumulate_dtype(dtype)).eps
 
 
 def layer_norm(
@@ -38,7 +36,7 @@ def layer_norm(
     x: [..., *normalized_shape]; weight, bias: normalized_shape or None. Biased variance.
     """
     dims = _normalized_dims(normalized_shape)
-    compute = _compute_dtype(x.dtype)
+    compute = accumulate_dtype(x.dtype)
     xf = x.to(compute)
     mean = xf.mean(dim=dims, keepdim=True)
     centered = xf - mean
@@ -65,7 +63,7 @@ def rms_norm(
     if eps is None:
         eps = default_rms_eps(x.dtype)
     dims = _normalized_dims(normalized_shape)
-    compute = _compute_dtype(x.dtype)
+    compute = accumulate_dtype(x.dtype)
     xf = x.to(compute)
     y = xf * torch.rsqrt(xf.square().mean(dim=dims, keepdim=True) + eps)
     if weight is not None:
