@@ -1,5 +1,10 @@
 """LayerNorm / RMSNorm benchmarks: fusednn's Triton kernels against PyTorch eager and
-torch.compile, in GB/s and % of the device's measured copy bandwidth."""
+``torch.compile`` (``dynamic=False``), bfloat16 ``[rows, N]``, in bytes/s and % of the
+device's measured copy bandwidth. Shapes from the registry (``fusednn.cases.normalization``).
+
+Bytes every implementation must move (the [N] parameters are negligible): fwd reads x and
+writes y; bwd reads x and dy and writes dx; fwd+bwd both.
+"""
 
 from __future__ import annotations
 
@@ -8,66 +13,43 @@ import torch.nn.functional as F
 
 import fusednn
 
-from .runner import Context, register
+from .runner import Case, compiled, register
 
-SHAPES = [(4096, 1024), (4096, 4096), (8192, 8192), (16384, 2048)]
-QUICK_SHAPES = [(4096, 4096)]
+DTYPE = torch.bfloat16
+MODE_PASSES = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}  # [rows, N] tensors read or written
 
 
-def _bench_norm(ctx: Context, op: str, ours, theirs, with_bias: bool) -> None:
-    if not ctx.is_cuda:
-        ctx.skip(op, "the Triton kernels need a GPU (the CPU path is the PyTorch reference)")
-        return
-    dtype = torch.bfloat16
-    compiled = torch.compile(theirs)
-    for rows, n in QUICK_SHAPES if ctx.quick else SHAPES:
-        shape = {"rows": rows, "N": n}
-        x = torch.randn(rows, n, device=ctx.device, dtype=dtype, requires_grad=True)
-        w = torch.randn(n, device=ctx.device, dtype=dtype, requires_grad=True)
-        b = torch.randn(n, device=ctx.device, dtype=dtype, requires_grad=True) if with_bias else None
-        dy = torch.randn_like(x)
-        inputs = [x, w] + ([b] if with_bias else [])
-        elt = x.element_size()
-        # Bytes every implementation must move: fwd reads x, writes y; bwd reads x and dy, writes dx.
-        io = {"fwd": 2 * rows * n * elt, "bwd": 3 * rows * n * elt, "fwd+bwd": 5 * rows * n * elt}
-        for provider, fn in (("fusednn", ours), ("torch", theirs), ("torch_compile", compiled)):
-            def forward(fn=fn):
-                with torch.no_grad():
-                    return fn(x, w, b)
+def _norm_case(shape: dict, device: torch.device, ours, theirs, params: int) -> Case:
+    rows, n = shape["rows"], shape["N"]
+    x = torch.randn(rows, n, device=device, dtype=DTYPE, requires_grad=True)
+    inputs = (x,) + tuple(torch.randn(n, device=device, dtype=DTYPE, requires_grad=True) for _ in range(params))
+    size = rows * n * x.element_size()
+    return Case(DTYPE, inputs, {"fusednn": lambda: ours, "torch": lambda: theirs,
+                                "torch_compile": lambda: compiled(theirs)},
+                nbytes={mode: k * size for mode, k in MODE_PASSES.items()})
 
-            try:
-                y = fn(x, w, b)
-            except Exception as exc:  # e.g. torch.compile unavailable: reported, not fatal
-                ctx.skip(f"{op} {provider}", f"{type(exc).__name__}: {exc}")
-                continue
 
-            def backward(y=y):
-                torch.autograd.grad(y, inputs, dy, retain_graph=True)
+def _fused_layer_norm(x, w, b):
+    return fusednn.ops.layer_norm(x, (x.shape[-1],), w, b)
 
-            def forward_backward(fn=fn):
-                torch.autograd.grad(fn(x, w, b), inputs, dy)
 
-            for mode, f in (("fwd", forward), ("bwd", backward), ("fwd+bwd", forward_backward)):
-                ctx.measure(op=op, mode=mode, dtype=dtype, shape=shape, provider=provider, fn=f, nbytes=io[mode])
+def _torch_layer_norm(x, w, b):
+    return F.layer_norm(x, (x.shape[-1],), w, b)
+
+
+def _fused_rms_norm(x, w):
+    return fusednn.ops.rms_norm(x, (x.shape[-1],), w)
+
+
+def _torch_rms_norm(x, w):
+    return F.rms_norm(x, (x.shape[-1],), w)
 
 
 @register("layer_norm")
-def bench_layer_norm(ctx: Context) -> None:
-    _bench_norm(
-        ctx,
-        "layer_norm",
-        lambda x, w, b: fusednn.ops.layer_norm(x, (x.shape[-1],), w, b),
-        lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b),
-        with_bias=True,
-    )
+def layer_norm(shape: dict, device: torch.device) -> Case:
+    return _norm_case(shape, device, _fused_layer_norm, _torch_layer_norm, params=2)
 
 
 @register("rms_norm")
-def bench_rms_norm(ctx: Context) -> None:
-    _bench_norm(
-        ctx,
-        "rms_norm",
-        lambda x, w, b: fusednn.ops.rms_norm(x, (x.shape[-1],), w),
-        lambda x, w, b: F.rms_norm(x, (x.shape[-1],), w),
-        with_bias=False,
-    )
+def rms_norm(shape: dict, device: torch.device) -> Case:
+    return _norm_case(shape, device, _fused_rms_norm, _torch_rms_norm, params=1)

@@ -1,5 +1,11 @@
-"""LSTM benchmarks: fusednn.nn.LSTM against torch.nn.LSTM (cuDNN on a GPU, ATen's
-native kernels on the CPU) and, on a GPU, against a Python loop over nn.LSTMCell."""
+"""LSTM benchmark: ``fusednn.nn.LSTM`` (one layer, zero initial state) against
+``torch.nn.LSTM`` — cuDNN on a GPU (``cudnn``), ATen's oneDNN kernel on the CPU (``torch``) —
+and, on a GPU, a Python loop over ``nn.LSTMCell`` (``torch_cell_loop``).
+
+bfloat16 on a GPU, float32 on the CPU; shapes from the registry (``fusednn.cases.recurrent``).
+FLOPs: the forward's GEMMs, 2·T·B·4H·(I + H); the backward does twice that (the gradients of
+the inputs and of the weights), fwd+bwd three times.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +13,51 @@ import torch
 
 import fusednn
 
-from .runner import Context, register
+from .runner import Case, register
+
+MODE_FLOPS = {"fwd": 1.0, "bwd": 2.0, "fwd+bwd": 3.0}  # multiples of the forward's FLOPs
 
 
-def _lstm_flops(T: int, B: int, I: int, H: int) -> float:
+def lstm_flops(T: int, B: int, I: int, H: int) -> float:
     """Forward GEMM FLOPs of one LSTM layer: input and recurrent projections to 4H gates."""
     return 2.0 * T * B * 4 * H * (I + H)
 
 
-def _cell_loop(cell: torch.nn.LSTMCell):
-    def run(x):
-        h = x.new_zeros(x.shape[1], cell.hidden_size)
+class CellLoop(torch.nn.Module):
+    """What a model without a fused LSTM runs: ``nn.LSTMCell`` once per step."""
+
+    def __init__(self, cell: torch.nn.LSTMCell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[1], self.cell.hidden_size)
         c = torch.zeros_like(h)
         outs = []
-        for t in range(x.shape[0]):
-            h, c = cell(x[t], (h, c))
+        for step in x:
+            h, c = self.cell(step, (h, c))
             outs.append(h)
-        return torch.stack(outs)
-
-    return run
+        return torch.stack(outs), (h, c)
 
 
-def _modes(ctx: Context, *, shape: dict, dtype, providers: dict, x: torch.Tensor, flops: float) -> None:
-    dy = torch.randn(x.shape[0], x.shape[1], shape["H"], device=x.device, dtype=dtype)
-    x_train = x.detach().clone().requires_grad_(True)
-    for name, fn in providers.items():
-        def forward(fn=fn):
-            with torch.no_grad():
-                return fn(x)
-
-        def forward_backward(fn=fn):
-            fn(x_train).backward(dy)
-
-        ctx.measure(op="lstm", mode="fwd", dtype=dtype, shape=shape, provider=name, fn=forward, flops=flops)
-        ctx.measure(op="lstm", mode="fwd+bwd", dtype=dtype, shape=shape, provider=name, fn=forward_backward,
-                    flops=3 * flops)
+def _fused_copy(ref: torch.nn.LSTM) -> fusednn.nn.LSTM:
+    weight = ref.weight_ih_l0
+    ours = fusednn.nn.LSTM(ref.input_size, ref.hidden_size, device=weight.device, dtype=weight.dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ours
 
 
 @register("lstm")
-def bench_lstm(ctx: Context) -> None:
-    if ctx.is_cuda:
-        dtype = torch.bfloat16
-        shapes = [(16, 256, 512)] if ctx.quick else [(b, 256, h) for h in (512, 1024) for b in (16, 64)]
+def lstm(shape: dict, device: torch.device) -> Case:
+    B, T, I, H = shape["B"], shape["T"], shape["I"], shape["H"]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ref = torch.nn.LSTM(I, H, device=device, dtype=dtype)
+    providers = {"fusednn": lambda: _fused_copy(ref)}
+    if device.type == "cuda":
+        providers["cudnn"] = lambda: ref
+        providers["torch_cell_loop"] = lambda: CellLoop(torch.nn.LSTMCell(I, H, device=device, dtype=dtype))
     else:
-        dtype = torch.float32
-        shapes = [(16, 128, 256)]
-    for B, T, H in shapes:
-        shape = {"B": B, "T": T, "I": H, "H": H}
-        ref = torch.nn.LSTM(H, H, device=ctx.device, dtype=dtype)
-        ours = fusednn.nn.LSTM(H, H, device=ctx.device, dtype=dtype)
-        ours.load_state_dict(ref.state_dict())
-        x = torch.randn(T, B, H, device=ctx.device, dtype=dtype)
-        providers = {"fusednn": lambda inp: ours(inp)[0]}
-        if ctx.is_cuda:
-            providers["cudnn"] = lambda inp: ref(inp)[0]
-            cell = torch.nn.LSTMCell(H, H, device=ctx.device, dtype=dtype)
-            providers["torch_cell_loop"] = _cell_loop(cell)
-        else:
-            providers["torch"] = lambda inp: ref(inp)[0]
-        _modes(ctx, shape=shape, dtype=dtype, providers=providers, x=x, flops=_lstm_flops(T, B, H, H))
+        providers["torch"] = lambda: ref
+    x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=True)
+    forward = lstm_flops(T, B, I, H)
+    return Case(dtype, (x,), providers, flops={mode: factor * forward for mode, factor in MODE_FLOPS.items()})

@@ -73,3 +73,118 @@ def test_unavailable_device_is_one_line(command, capsys):
 def test_unknown_op_is_named(capsys):
     assert cli.main(["check", "--ops", "nope"]) == 2
     assert "unknown op(s) nope" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bench
+#
+# A stub op with a benchmark through the harness's own API (registry shapes, a Case per
+# shape), so the tests never run a real family benchmark; the timing is cut to a sliver.
+
+STUB_SHAPES = registry.BenchShapes(cpu=({"n": 32}, {"n": 64}), cpu_quick=({"n": 16},))
+STUB_FAILURE = "this backend is not installed here"
+
+
+def _stub_op(name, bench):
+    return OpInfo(name=name, family="test", function=torch.tanh, reference=torch.tanh,
+                  kernels=(Kernel("cpu", (torch.float32,)),), samples=lambda: [], bad_inputs=lambda: [], bench=bench)
+
+
+def _stub_case(shape, device):
+    from fusednn.bench.runner import Case
+
+    n = shape["n"]
+
+    def broken():
+        raise RuntimeError(STUB_FAILURE)
+
+    x = torch.randn(n, n, device=device, requires_grad=True)
+    linear = torch.nn.Linear(n, n, device=device)  # a module: its parameters get gradients too
+    return Case(torch.float32, (x,), {"fusednn": lambda: torch.tanh, "torch": lambda: linear, "broken": broken},
+                flops={"fwd": 2.0 * n**3, "bwd": 4.0 * n**3, "fwd+bwd": 6.0 * n**3}, derived={"n2": n * n})
+
+
+@pytest.fixture(scope="module")
+def stub_runs(tmp_path_factory):
+    """One full and two quick CPU runs of the stub op (and of an op with GPU shapes only):
+    {"full" / "quick1" / "quick2": the JSON, "paths": {run: path, run + " output": printed},
+    "out": the results folder}. The copy bandwidth and the matmul peak are given, not
+    measured (a large copy and GEMM take seconds)."""
+    import contextlib
+    import io
+    import json
+
+    from fusednn.bench import runner
+
+    out = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(registry._OPS, "stub_op", _stub_op("stub_op", STUB_SHAPES))
+        mp.setitem(registry._OPS, "stub_gpu_op", _stub_op("stub_gpu_op", registry.BenchShapes(gpu=({"n": 8},))))
+        mp.setitem(runner.BENCHES, "stub_op", _stub_case)
+        mp.setitem(runner.BENCHES, "stub_gpu_op", _stub_case)
+        for quick in (False, True):
+            mp.setitem(runner.TIMING, ("cpu", quick), runner.Timing(rounds=2, warmup_ms=0, rep_ms=1))
+        mp.setattr(runner, "measure_copy_bandwidth", lambda device, timing: 20.0)
+        mp.setattr(runner, "measure_matmul_peak", lambda device, dtype, timing: (0.1, "stub"))
+        argv = ["bench", "--device", "cpu", "--ops", "stub_op", "stub_gpu_op", "--out", str(out)]
+        paths = {}
+        for name, extra in (("full", []), ("quick1", ["--quick"]), ("quick2", ["--quick"])):
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                assert cli.main(argv + extra) == 0
+            paths[name] = printed.getvalue().strip().splitlines()[-1].removeprefix("wrote ")
+            paths[name + " output"] = printed.getvalue()
+    return {"paths": paths, "out": out, **{name: json.load(open(paths[name])) for name in ("full", "quick1", "quick2")}}
+
+
+def test_bench_json_holds_the_run(stub_runs):
+    run = stub_runs["full"]
+    for field in ("device", "device_type", "date", "time", "commit", "quick", "python", "torch", "triton", "cuda",
+                  "threads", "cpu", "build", "timing", "copy_gbps", "matmul_peak", "results", "skipped"):
+        assert field in run, field
+    assert run["device_type"] == "cpu" and run["quick"] is False and run["threads"] == torch.get_num_threads()
+    assert run["matmul_peak"] == {"float32": {"tflops": 0.1, "gemm": "stub"}}
+    rows = run["results"]
+    cases = {(r["provider"], r["mode"], r["shape"]["n"]) for r in rows}
+    assert cases == {(p, m, n) for p in ("fusednn", "torch") for m in ("fwd", "bwd", "fwd+bwd") for n in (32, 64)}
+    for r in rows:
+        assert r["op"] == "stub_op" and r["dtype"] == "float32" and r["derived"] == {"n2": r["shape"]["n"] ** 2}
+        assert 0 < r["ms_p20"] <= r["ms"] <= r["ms_p80"], r
+        assert r["flops"] == {"fwd": 2, "bwd": 4, "fwd+bwd": 6}[r["mode"]] * r["shape"]["n"] ** 3
+        assert r["tflops"] == pytest.approx(r["flops"] / (r["ms"] * 1e-3) / 1e12)
+        assert r["pct_of_matmul_peak"] == pytest.approx(100 * r["tflops"] / 0.1)
+
+
+def test_bench_reports_what_it_skipped(stub_runs):
+    skipped = stub_runs["full"]["skipped"]
+    broken = [s for s in skipped if s["provider"] == "broken"]
+    assert [s["shape"] for s in broken] == [{"n": 32}, {"n": 64}]
+    assert all(s["op"] == "stub_op" and "set-up failed" in s["reason"] and STUB_FAILURE in s["reason"] for s in broken)
+    gpu_only = [s for s in skipped if s["op"] == "stub_gpu_op"]
+    assert len(gpu_only) == 1 and "no cpu benchmark shapes" in gpu_only[0]["reason"]
+    output = stub_runs["paths"]["full output"]
+    assert "baseline time / fusednn time; > 1 means fusednn is faster" in output
+    assert " 0.00 " not in output and "FLOP/s" in output
+
+
+def test_bench_quick_runs_the_quick_shapes_and_every_run_keeps_its_file(stub_runs):
+    import os
+
+    assert {r["shape"]["n"] for r in stub_runs["quick1"]["results"]} == {16}
+    assert {r["shape"]["n"] for r in stub_runs["full"]["results"]} == {32, 64}
+    assert stub_runs["quick1"]["quick"] is True
+    assert "no quick cpu benchmark shapes" in str(stub_runs["quick1"]["skipped"])
+    paths = [stub_runs["paths"][name] for name in ("full", "quick1", "quick2")]
+    assert len(set(paths)) == 3 and all(os.path.isfile(p) for p in paths)
+    device = stub_runs["full"]["device"]
+    assert all(os.path.dirname(p) == os.path.join(str(stub_runs["out"]), device) for p in paths)
+
+
+def test_bench_unknown_op_is_named(capsys):
+    assert cli.main(["bench", "--ops", "nope", "--device", "cpu"]) == 2
+    assert "unknown op(s) nope" in capsys.readouterr().err
+
+
+def test_bench_rates_read_at_any_size():
+    from fusednn.bench.runner import rate, significant
+
+    assert rate(3.1e11, "FLOP") == "310 GFLOP/s" and rate(4.2e6, "FLOP") == "4.20 MFLOP/s"
+    assert rate(1.234e12, "B") == "1.23 TB/s" and significant(0.012345) == "0.0123"

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--list", action="store_true", help="list every registered op with its kernels and dtypes")
     p_bench = sub.add_parser("bench", help="time every op against its PyTorch baselines")
     p_bench.add_argument("--ops", nargs="+", help="ops to time (default: all), e.g. --ops lstm layer_norm")
-    p_bench.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
+    p_bench.add_argument("--quick", action="store_true", help="the quick shapes and shorter timing")
     p_bench.add_argument("--out", default=os.path.join("bench", "results"), help="results folder (default: %(default)s)")
     p_bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
