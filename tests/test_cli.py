@@ -1,4 +1,4 @@
-"""python -m fusednn {info,check,bench}."""
+"""python -m fusednn {info,check,bench,plot}."""
 
 import subprocess
 import sys
@@ -75,7 +75,7 @@ def test_unknown_op_is_named(capsys):
     assert "unknown op(s) nope" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- bench
+# --------------------------------------------------------------------------- bench and plot
 #
 # A stub op with a benchmark through the harness's own API (registry shapes, a Case per
 # shape), so the tests never run a real family benchmark; the timing is cut to a sliver.
@@ -103,6 +103,15 @@ def _stub_case(shape, device):
                 flops={"fwd": 2.0 * n**3, "bwd": 4.0 * n**3, "fwd+bwd": 6.0 * n**3}, derived={"n2": n * n})
 
 
+def _stub_bytes_case(shape, device):
+    from fusednn.bench.runner import Case
+
+    x = torch.randn(shape["n"], 64, device=device, requires_grad=True)
+    size = x.numel() * x.element_size()
+    return Case(torch.float32, (x,), {"fusednn": lambda: torch.exp, "torch": lambda: torch.sigmoid},
+                nbytes={"fwd": 2 * size, "bwd": 3 * size, "fwd+bwd": 5 * size})
+
+
 @pytest.fixture(scope="module")
 def stub_runs(tmp_path_factory):
     """One full and two quick CPU runs of the stub op (and of an op with GPU shapes only):
@@ -121,11 +130,14 @@ def stub_runs(tmp_path_factory):
         mp.setitem(registry._OPS, "stub_gpu_op", _stub_op("stub_gpu_op", registry.BenchShapes(gpu=({"n": 8},))))
         mp.setitem(runner.BENCHES, "stub_op", _stub_case)
         mp.setitem(runner.BENCHES, "stub_gpu_op", _stub_case)
+        bytes_shapes = registry.BenchShapes(cpu=({"n": 8}, {"n": 16}))
+        mp.setitem(registry._OPS, "stub_bytes_op", _stub_op("stub_bytes_op", bytes_shapes))
+        mp.setitem(runner.BENCHES, "stub_bytes_op", _stub_bytes_case)
         for quick in (False, True):
             mp.setitem(runner.TIMING, ("cpu", quick), runner.Timing(rounds=2, warmup_ms=0, rep_ms=1))
         mp.setattr(runner, "measure_copy_bandwidth", lambda device, timing: 20.0)
         mp.setattr(runner, "measure_matmul_peak", lambda device, dtype, timing: (0.1, "stub"))
-        argv = ["bench", "--device", "cpu", "--ops", "stub_op", "stub_gpu_op", "--out", str(out)]
+        argv = ["bench", "--device", "cpu", "--ops", "stub_op", "stub_gpu_op", "stub_bytes_op", "--out", str(out)]
         paths = {}
         for name, extra in (("full", []), ("quick1", ["--quick"]), ("quick2", ["--quick"])):
             with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -142,7 +154,7 @@ def test_bench_json_holds_the_run(stub_runs):
         assert field in run, field
     assert run["device_type"] == "cpu" and run["quick"] is False and run["threads"] == torch.get_num_threads()
     assert run["matmul_peak"] == {"float32": {"tflops": 0.1, "gemm": "stub"}}
-    rows = run["results"]
+    rows = [r for r in run["results"] if r["op"] == "stub_op"]
     cases = {(r["provider"], r["mode"], r["shape"]["n"]) for r in rows}
     assert cases == {(p, m, n) for p in ("fusednn", "torch") for m in ("fwd", "bwd", "fwd+bwd") for n in (32, 64)}
     for r in rows:
@@ -151,6 +163,9 @@ def test_bench_json_holds_the_run(stub_runs):
         assert r["flops"] == {"fwd": 2, "bwd": 4, "fwd+bwd": 6}[r["mode"]] * r["shape"]["n"] ** 3
         assert r["tflops"] == pytest.approx(r["flops"] / (r["ms"] * 1e-3) / 1e12)
         assert r["pct_of_matmul_peak"] == pytest.approx(100 * r["tflops"] / 0.1)
+    by_bytes = [r for r in run["results"] if r["op"] == "stub_bytes_op"]
+    assert len(by_bytes) == 2 * 3 * 2 and all(r["gbps"] and r["tflops"] is None for r in by_bytes)
+    assert all(r["pct_of_copy_bandwidth"] == pytest.approx(100 * r["gbps"] / 20.0) for r in by_bytes)
 
 
 def test_bench_reports_what_it_skipped(stub_runs):
@@ -168,8 +183,10 @@ def test_bench_reports_what_it_skipped(stub_runs):
 def test_bench_quick_runs_the_quick_shapes_and_every_run_keeps_its_file(stub_runs):
     import os
 
-    assert {r["shape"]["n"] for r in stub_runs["quick1"]["results"]} == {16}
-    assert {r["shape"]["n"] for r in stub_runs["full"]["results"]} == {32, 64}
+    def sizes(run):
+        return {r["shape"]["n"] for r in run["results"] if r["op"] == "stub_op"}
+
+    assert sizes(stub_runs["quick1"]) == {16} and sizes(stub_runs["full"]) == {32, 64}
     assert stub_runs["quick1"]["quick"] is True
     assert "no quick cpu benchmark shapes" in str(stub_runs["quick1"]["skipped"])
     paths = [stub_runs["paths"][name] for name in ("full", "quick1", "quick2")]
@@ -181,6 +198,27 @@ def test_bench_quick_runs_the_quick_shapes_and_every_run_keeps_its_file(stub_run
 def test_bench_unknown_op_is_named(capsys):
     assert cli.main(["bench", "--ops", "nope", "--device", "cpu"]) == 2
     assert "unknown op(s) nope" in capsys.readouterr().err
+
+
+def test_plot_writes_one_png_per_op(stub_runs, tmp_path, capsys):
+    import os
+    import shutil
+
+    pytest.importorskip("matplotlib")
+    path = shutil.copy(stub_runs["paths"]["full"], tmp_path / "run.json")
+    assert cli.main(["plot", str(path)]) == 0  # beside the JSON
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-stub_bytes_op.png", "run-stub_op.png", "run.json"]
+    assert (tmp_path / "run-stub_op.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "plots")]) == 0
+    assert sorted(os.listdir(tmp_path / "plots")) == ["run-stub_bytes_op.png", "run-stub_op.png"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_plot_without_matplotlib_is_one_line(stub_runs, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it looks like
+    assert cli.main(["plot", stub_runs["paths"]["full"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install fusednn[plot]" in err
 
 
 def test_bench_rates_read_at_any_size():

@@ -1,8 +1,9 @@
-"""Command line: ``python -m fusednn {info,check,bench}``.
+"""Command line: ``python -m fusednn {info,check,bench,plot}``.
 
 * ``info``   build info, device and versions.
 * ``check``  every op once against its reference on the present device; exit 1 on a failure.
 * ``bench``  time every op against its PyTorch baselines; JSON to bench/results/<device>/.
+* ``plot``   one PNG per op of a ``bench`` JSON (needs matplotlib: ``pip install fusednn[plot]``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("needs matplotlib, which is not installed: pip install fusednn[plot]")
+    if not os.path.isfile(args.results):
+        raise UsageError(f"no such results file: {args.results}")
+    from fusednn.bench import plot
+
+    for path in plot.plot(args.results, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusednn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--quick", action="store_true", help="the quick shapes and shorter timing")
     p_bench.add_argument("--out", default=os.path.join("bench", "results"), help="results folder (default: %(default)s)")
     p_bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p_plot = sub.add_parser("plot", help="one PNG per op of a bench results file (needs matplotlib)")
+    p_plot.add_argument("results", help="a JSON file written by bench")
+    p_plot.add_argument("--out", help="folder for the PNGs (default: the JSON's folder)")
     args = parser.parse_args(argv)
     try:
-        return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench}[args.command](args)
+        return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "plot": cmd_plot}[args.command](args)
     except UsageError as exc:
         print(f"python -m fusednn {args.command}: {exc}", file=sys.stderr)
         return 2
