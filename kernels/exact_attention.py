@@ -12,9 +12,10 @@ bottom-right alignment, else 0) and sees keys ``pos - window_left <= j <= pos + 
 (``HAS_LEFT`` / ``HAS_RIGHT`` say whether a side is bounded; causal is window_right = 0).
 Softmax runs in base 2 (scores times log2(e)); the log-sum-exp is stored in natural log.
 
-Tile skipping: for a block of queries (keys in the backward) only the key (query) tiles
-that intersect the band are visited: one loop over the partially visible tiles (masked) and
-one over the fully visible tiles (no masking arithmetic). Time grows with T x band.
+Tile skipping (the band helpers of ``fusednn.kernels._tiles``): for a block of queries (keys
+in the backward) only the key (query) tiles that intersect the band are visited: one loop
+over the partially visible tiles (masked) and one over the fully visible tiles (no masking
+arithmetic). Time grows with T x band.
 
 Dropout: the keep decision of element (i, j) of head (b, h) is ``rand(seed + b*H + h,
 i * Tk + j) >= p`` (Philox, ``tl.rand``); the backward regenerates the same mask.
@@ -39,132 +40,24 @@ import torch
 import triton
 import triton.language as tl
 
+from fusednn.kernels._tiles import (
+    LN2,
+    LOG2E,
+    _band_tile_runs,
+    _band_tile_start,
+    _head_ptr,
+    _head_sequence,
+    _key_band_segments,
+    _load_tile,
+    _query_band_segments,
+    _store_tile,
+    _tanh,
+)
 
 MAX_HEAD_DIM = 256
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 # --------------------------------------------------------------------------- shared device helpers
-
-
-@triton.jit
-def _tanh(x):
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
-def _sequence(b, CuQ, CuK, max_q, max_k, VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr):
-    """(first row, length) of batch entry b's queries and keys, and the band shift."""
-    if VARLEN:
-        q_start = tl.load(CuQ + b)
-        q_len = tl.load(CuQ + b + 1) - q_start
-        k_start = tl.load(CuK + b)
-        k_len = tl.load(CuK + b + 1) - k_start
-    else:
-        q_start = 0
-        q_len = max_q
-        k_start = 0
-        k_len = max_k
-    if BOTTOM_RIGHT:
-        shift = k_len - q_len
-    else:
-        shift = k_len * 0
-    return q_start, q_len, k_start, k_len, shift
-
-
-@triton.jit
-def _segments(lo_bound, hi_bound, full_lo, full_hi, BLOCK: tl.constexpr):
-    """Split [lo_bound, hi_bound) (lo_bound >= 0) into tile-aligned segments
-    [lo, s1) partial, [s1, s2) fully visible, [s2, hi) partial."""
-    lo = lo_bound // BLOCK * BLOCK
-    hi = hi_bound
-    s1 = tl.minimum(tl.maximum(full_lo, lo), hi)
-    s2 = tl.maximum(s1, tl.minimum(full_hi, hi))
-    return lo, s1, s2, hi
-
-
-@triton.jit
-def _tile_runs(partial: tl.constexpr, lo, s1, s2, hi, BLOCK: tl.constexpr):
-    """The tiles one loop visits, as (first, n_first, second, count): tile t starts at
-    first + t * BLOCK for t < n_first, else at second + (t - n_first) * BLOCK. ``partial``
-    gives both partially visible segments [lo, s1) and [s2, hi) (one masked loop: a third
-    loop raises register pressure), otherwise the fully visible [s1, s2)."""
-    if partial:
-        first = lo
-        n_first = tl.cdiv(tl.maximum(s1 - lo, 0), BLOCK)
-        count = n_first + tl.cdiv(tl.maximum(hi - s2, 0), BLOCK)
-    else:
-        first = s1
-        n_first = tl.cdiv(tl.maximum(s2 - s1, 0), BLOCK)
-        count = n_first
-    return first, n_first, s2, count
-
-
-@triton.jit
-def _tile_start(t, first, n_first, second, BLOCK: tl.constexpr, PARTIAL: tl.constexpr):
-    if PARTIAL:
-        start = tl.where(t < n_first, first + t * BLOCK, second + (t - n_first) * BLOCK)
-    else:  # one contiguous run: plain address arithmetic for the pipeliner
-        start = first + t * BLOCK
-    return start
-
-
-@triton.jit
-def _load_tile(base, rows, cols, stride_row, stride_col, n_rows, n_cols):
-    """Tile [len(rows), len(cols)] of a strided matrix, zero outside [n_rows, n_cols]."""
-    return tl.load(base + rows[:, None] * stride_row + cols[None, :] * stride_col,
-                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
-
-
-@triton.jit
-def _head_ptr(X, b64, h64, row0, stride_b, stride_h, stride_t):
-    """Pointer to row ``row0`` of head (b, h) of a [B, H, T, D] tensor (int64 offsets)."""
-    return X + b64 * stride_b + h64 * stride_h + row0.to(tl.int64) * stride_t
-
-
-@triton.jit
-def _store_tile(base, rows, cols, stride_row, stride_col, n_rows, n_cols, value):
-    """Store ``value`` (cast to the pointee dtype) into the tile _load_tile reads."""
-    tl.store(base + rows[:, None] * stride_row + cols[None, :] * stride_col, value.to(base.dtype.element_ty),
-             mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
-
-
-@triton.jit
-def _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
-    """Key tiles seen by the queries m0 .. m0 + BLOCK_M - 1."""
-    lo = k_len * 0
-    hi = k_len
-    full_lo = lo
-    full_hi = k_len // BLOCK_N * BLOCK_N
-    if HAS_LEFT:
-        lo = tl.maximum(m0 + shift - window_left, 0)
-        full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + shift - window_left, 0), BLOCK_N) * BLOCK_N
-    if HAS_RIGHT:
-        hi = tl.minimum(tl.maximum(m0 + BLOCK_M + shift + window_right, 0), k_len)
-        full_hi = tl.minimum(full_hi, tl.maximum(m0 + shift + window_right + 1, 0) // BLOCK_N * BLOCK_N)
-    return _segments(lo, hi, full_lo, full_hi, BLOCK_N)
-
-
-@triton.jit
-def _query_segments(n0, q_len, k_len, shift, window_left, window_right, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
-    """Query tiles that see any of the keys n0 .. n0 + BLOCK_N - 1. A tile is fully visible
-    when all its (query, key) pairs are in the band and the key block is within k_len."""
-    lo = q_len * 0
-    hi = q_len
-    full_lo = lo
-    full_hi = hi + BLOCK_M  # rows past q_len are inert (their lse loads as +inf)
-    if n0 + BLOCK_N > k_len:
-        full_hi = lo
-    if HAS_RIGHT:  # i + shift + right >= j
-        lo = tl.maximum(n0 - shift - window_right, 0)
-        full_lo = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - shift - window_right, 0), BLOCK_M) * BLOCK_M
-    if HAS_LEFT:  # i + shift - left <= j
-        hi = tl.minimum(tl.maximum(n0 + BLOCK_N - shift + window_left, 0), q_len)
-        full_hi = tl.minimum(full_hi, tl.maximum(n0 - shift + window_left + 1, 0) // BLOCK_M * BLOCK_M)
-    return _segments(lo, hi, full_lo, full_hi, BLOCK_M)
 
 
 @triton.jit
@@ -190,13 +83,43 @@ def _scores(qk, rows, cols, bias_ptrs, in_bounds, k_len, shift, window_left, win
         if HAS_RIGHT:
             visible &= cols <= rows + shift + window_right
         s = tl.where(visible, s, float("-inf"))
-    return s * 1.4426950408889634
+    return s * LOG2E
 
 
 @triton.jit
 def _keep(seed, bh, rows, cols, k_len, dropout_p):
     """Dropout keep decisions for (rows, cols) of head bh (broadcastable index tensors)."""
     return tl.rand(seed + bh, rows * k_len + cols) >= dropout_p
+
+
+@triton.jit
+def _dropout_seed(Seed, DROPOUT: tl.constexpr):
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(Seed)
+    return seed
+
+
+@triton.jit
+def _query_block(
+    Q, K, V, Bias, b, h, group, q_start, q_len, k_start, m0,
+    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+    stride_bias_b, stride_bias_h, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """What the forward and the dq programs of queries m0 .. m0 + BLOCK_M - 1 of head (b, h)
+    start from: b and h as int64, the sequence's first row as int64, the query rows, their q
+    tile, and the head's K and V (those of its kv head) and bias pointers."""
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hkv64 = (h // group).to(tl.int64)
+    q_row0 = q_start.to(tl.int64)
+    rows = m0 + tl.arange(0, BLOCK_M)
+    q_base = _head_ptr(Q, b64, h64, q_row0, stride_qb, stride_qh, stride_qt)
+    k_base = _head_ptr(K, b64, hkv64, k_start, stride_kb, stride_kh, stride_kt)
+    v_base = _head_ptr(V, b64, hkv64, k_start, stride_vb, stride_vh, stride_vt)
+    bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
+    q = _load_tile(q_base, rows, tl.arange(0, BLOCK_D), stride_qt, stride_qd, q_len, D)
+    return b64, h64, q_row0, rows, q, k_base, v_base, bias_base
 
 
 # --------------------------------------------------------------------------- forward
@@ -215,7 +138,7 @@ def _forward_tiles(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for t in range(0, count):
-        cols = _tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
+        cols = _band_tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
         col_ok = cols < k_len
         kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
         qk = tl.dot(q, kt, input_precision=PRECISION)
@@ -252,37 +175,25 @@ def _forward_kernel(
     VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // num_heads
-    h = bh % num_heads
-    q_start, q_len, k_start, k_len, shift = _sequence(b, CuQ, CuK, max_q, max_k, VARLEN, BOTTOM_RIGHT)
-    m0 = pid_m * BLOCK_M
+    b, h, q_start, q_len, k_start, k_len, shift = _head_sequence(bh, num_heads, CuQ, CuK, max_q, max_k, VARLEN,
+                                                                 BOTTOM_RIGHT)
+    m0 = tl.program_id(0) * BLOCK_M
     if m0 >= q_len:
         return
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    hkv64 = (h // group).to(tl.int64)
-    rows = m0 + tl.arange(0, BLOCK_M)
-    row_ok = rows < q_len
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_base = _head_ptr(Q, b64, h64, q_start, stride_qb, stride_qh, stride_qt)
-    k_base = _head_ptr(K, b64, hkv64, k_start, stride_kb, stride_kh, stride_kt)
-    v_base = _head_ptr(V, b64, hkv64, k_start, stride_vb, stride_vh, stride_vt)
-    bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
-    q = _load_tile(q_base, rows, offs_d, stride_qt, stride_qd, q_len, D)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(Seed)
-
+    b64, h64, q_row0, rows, q, k_base, v_base, bias_base = _query_block(
+        Q, K, V, Bias, b, h, group, q_start, q_len, k_start, m0,
+        stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+        stride_bias_b, stride_bias_h, D, BLOCK_M, BLOCK_D,
+    )
+    seed = _dropout_seed(Seed, DROPOUT)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    lo, s1, s2, hi = _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
-                                   HAS_LEFT, HAS_RIGHT)
+    lo, s1, s2, hi = _key_band_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
+                                        HAS_LEFT, HAS_RIGHT)
     for run in tl.static_range(2):  # the partially visible key tiles (masked), then the fully visible
-        first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
+        first, n_first, second, count = _band_tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
         acc, l_i, m_i = _forward_tiles(
             acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
             stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
@@ -293,10 +204,10 @@ def _forward_kernel(
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    _store_tile(_head_ptr(Out, b64, h64, q_start, stride_ob, stride_oh, stride_ot), rows, offs_dv, stride_ot, stride_od,
-                q_len, DV, out)
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    tl.store(Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_start + rows, lse, mask=row_ok)
+    _store_tile(_head_ptr(Out, b64, h64, q_row0, stride_ob, stride_oh, stride_ot), rows, tl.arange(0, BLOCK_DV),
+                stride_ot, stride_od, q_len, DV, out)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2)
+    tl.store(_head_ptr(Lse, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1) + rows, lse, mask=rows < q_len)
 
 
 # --------------------------------------------------------------------------- backward
@@ -312,12 +223,9 @@ def _backward_preprocess_kernel(
     BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """delta[i] = sum_d dO[i, d] * O[i, d] (float32): the rowsum(P * dP) of the softmax gradient."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // num_heads
-    h = bh % num_heads
-    q_start, q_len, _k_start, _k_len, _shift = _sequence(b, CuQ, CuQ, max_q, max_q, VARLEN, False)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, q_start, q_len, _k_start, _k_len, _shift = _head_sequence(tl.program_id(1), num_heads, CuQ, CuQ, max_q,
+                                                                     max_q, VARLEN, False)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
@@ -327,7 +235,7 @@ def _backward_preprocess_kernel(
     do = _load_tile(_head_ptr(DOut, b64, h64, row0, stride_gb, stride_gh, stride_gt), rows, offs_dv, stride_gt,
                     stride_gd, q_len, DV)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + b64 * stride_delta_b + h64 * stride_delta_h + q_start + rows, delta, mask=rows < q_len)
+    tl.store(_head_ptr(Delta, b64, h64, row0, stride_delta_b, stride_delta_h, 1) + rows, delta, mask=rows < q_len)
 
 
 @triton.jit
@@ -335,7 +243,7 @@ def _load_lse2(Lse, rows, row_ok):
     """Log-sum-exp in base-2 units; +inf for rows past the end and rows with no visible key,
     whose probabilities must come out 0."""
     lse = tl.load(Lse + rows, mask=row_ok, other=float("-inf"))
-    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
 
 
 @triton.jit
@@ -348,13 +256,13 @@ def _backward_dkdv_tiles(
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Adds the contributions of the query tiles (see _tile_runs) to dk, dv ([BLOCK_N, D] float32);
+    """Adds the contributions of the query tiles (see _band_tile_runs) to dk, dv ([BLOCK_N, D] float32);
     works on transposed [keys, queries] tiles. With ATOMIC_DQ also adds dq (float32 atomics)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     col_ok = cols < k_len
     for t in range(0, count):
-        rows = _tile_start(t, first, n_first, second, BLOCK_M, MASKED) + tl.arange(0, BLOCK_M)
+        rows = _band_tile_start(t, first, n_first, second, BLOCK_M, MASKED) + tl.arange(0, BLOCK_M)
         row_ok = rows < q_len
         qt = _load_tile(q_base, offs_d, rows, stride_qd, stride_qt, D, q_len)
         qkt = tl.dot(k, qt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
@@ -406,12 +314,10 @@ def _backward_dkdv_kernel(
     SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
     ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
     bhkv = tl.program_id(1)
-    b = bhkv // num_kv_heads
-    hkv = bhkv % num_kv_heads
-    q_start, q_len, k_start, k_len, shift = _sequence(b, CuQ, CuK, max_q, max_k, VARLEN, BOTTOM_RIGHT)
-    n0 = pid_n * BLOCK_N
+    b, hkv, q_start, q_len, k_start, k_len, shift = _head_sequence(bhkv, num_kv_heads, CuQ, CuK, max_q, max_k, VARLEN,
+                                                                   BOTTOM_RIGHT)
+    n0 = tl.program_id(0) * BLOCK_N
     if n0 >= k_len:
         return
     b64 = b.to(tl.int64)
@@ -425,25 +331,23 @@ def _backward_dkdv_kernel(
                    stride_kd, k_len, D)
     v = _load_tile(_head_ptr(V, b64, hkv64, k_row0, stride_vb, stride_vh, stride_vt), cols, offs_dv, stride_vt,
                    stride_vd, k_len, DV)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(Seed)
+    seed = _dropout_seed(Seed, DROPOUT)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    lo, s1, s2, hi = _query_segments(n0, q_len, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
-                                     HAS_LEFT, HAS_RIGHT)
+    lo, s1, s2, hi = _query_band_segments(n0, q_len, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
+                                          HAS_LEFT, HAS_RIGHT)
     for g in range(0, group):
         h64 = hkv64 * group + g
         bh = b * num_kv_heads * group + hkv * group + g
         q_base = _head_ptr(Q, b64, h64, q_row0, stride_qb, stride_qh, stride_qt)
         do_base = _head_ptr(DOut, b64, h64, q_row0, stride_gb, stride_gh, stride_gt)
-        lse_base = Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_row0
-        delta_base = Delta + b64 * stride_lse_b + h64 * stride_lse_h + q_row0
+        lse_base = _head_ptr(Lse, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1)
+        delta_base = _head_ptr(Delta, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1)
         bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
         dbias_base = DBias + b64 * stride_dbias_b + h64 * stride_dbias_h
         dq_base = _head_ptr(DQAcc, b64, h64, q_row0, stride_dq_b, stride_dq_h, stride_dq_t)
         for run in tl.static_range(2):  # the partially visible query tiles (masked), then the fully visible
-            first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_M)
+            first, n_first, second, count = _band_tile_runs(run == 0, lo, s1, s2, hi, BLOCK_M)
             dk, dv = _backward_dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed,
                 bh, first, n_first, second, count,
@@ -472,7 +376,7 @@ def _backward_dq_tiles(
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = rows < q_len
     for t in range(0, count):
-        cols = _tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
+        cols = _band_tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
         col_ok = cols < k_len
         kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
         vt = _load_tile(v_base, offs_dv, cols, stride_vd, stride_vt, DV, k_len)
@@ -509,39 +413,28 @@ def _backward_dq_kernel(
     VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // num_heads
-    h = bh % num_heads
-    q_start, q_len, k_start, k_len, shift = _sequence(b, CuQ, CuK, max_q, max_k, VARLEN, BOTTOM_RIGHT)
-    m0 = pid_m * BLOCK_M
+    b, h, q_start, q_len, k_start, k_len, shift = _head_sequence(bh, num_heads, CuQ, CuK, max_q, max_k, VARLEN,
+                                                                 BOTTOM_RIGHT)
+    m0 = tl.program_id(0) * BLOCK_M
     if m0 >= q_len:
         return
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    hkv64 = (h // group).to(tl.int64)
-    rows = m0 + tl.arange(0, BLOCK_M)
+    b64, h64, q_row0, rows, q, k_base, v_base, bias_base = _query_block(
+        Q, K, V, Bias, b, h, group, q_start, q_len, k_start, m0,
+        stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+        stride_bias_b, stride_bias_h, D, BLOCK_M, BLOCK_D,
+    )
     row_ok = rows < q_len
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_row0 = q_start.to(tl.int64)
-    q = _load_tile(_head_ptr(Q, b64, h64, q_row0, stride_qb, stride_qh, stride_qt), rows, offs_d, stride_qt,
-                   stride_qd, q_len, D)
-    do = _load_tile(_head_ptr(DOut, b64, h64, q_row0, stride_gb, stride_gh, stride_gt), rows, offs_dv, stride_gt,
-                    stride_gd, q_len, DV)
-    lse2 = _load_lse2(Lse + b64 * stride_lse_b + h64 * stride_lse_h + q_row0, rows, row_ok)
-    delta = tl.load(Delta + b64 * stride_lse_b + h64 * stride_lse_h + q_row0 + rows, mask=row_ok, other=0.0)
-    k_base = _head_ptr(K, b64, hkv64, k_start, stride_kb, stride_kh, stride_kt)
-    v_base = _head_ptr(V, b64, hkv64, k_start, stride_vb, stride_vh, stride_vt)
-    bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(Seed)
+    do = _load_tile(_head_ptr(DOut, b64, h64, q_row0, stride_gb, stride_gh, stride_gt), rows, tl.arange(0, BLOCK_DV),
+                    stride_gt, stride_gd, q_len, DV)
+    lse2 = _load_lse2(_head_ptr(Lse, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1), rows, row_ok)
+    delta = tl.load(_head_ptr(Delta, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1) + rows, mask=row_ok, other=0.0)
+    seed = _dropout_seed(Seed, DROPOUT)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo, s1, s2, hi = _key_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
-                                   HAS_LEFT, HAS_RIGHT)
+    lo, s1, s2, hi = _key_band_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
+                                        HAS_LEFT, HAS_RIGHT)
     for run in tl.static_range(2):  # the partially visible key tiles (masked), then the fully visible
-        first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
+        first, n_first, second, count = _band_tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
         dq = _backward_dq_tiles(
             dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
             stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
@@ -549,8 +442,8 @@ def _backward_dq_kernel(
             BLOCK_N, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND, DROPOUT, PRECISION,
         )
     dq = dq * sm_scale
-    _store_tile(_head_ptr(DQ, b64, h64, q_row0, stride_dqb, stride_dqh, stride_dqt), rows, offs_d, stride_dqt,
-                stride_dqd, q_len, D, dq)
+    _store_tile(_head_ptr(DQ, b64, h64, q_row0, stride_dqb, stride_dqh, stride_dqt), rows, tl.arange(0, BLOCK_D),
+                stride_dqt, stride_dqd, q_len, D, dq)
 
 
 @triton.jit
