@@ -24,14 +24,13 @@ then dx) and accumulate the partials in their (program-owned) memory rows instea
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from fusednn import _runtime
 from fusednn._validate import accumulate_dtype
+from fusednn.kernels import _rows
 
 # Widest row kept entirely in registers. The backward holds x, dy, w and two
 # accumulators per element, so its limit is lower to avoid register spills.
@@ -39,11 +38,6 @@ FORWARD_MAX_FUSED = 16384
 BACKWARD_MAX_FUSED = 8192
 # Column block of the looped (wide-row) variant.
 LOOPED_BLOCK = 4096
-# Backward programs per SM are chosen so that about this many warps are resident.
-BACKWARD_WARPS_PER_SM = 16
-# The interpreter runs programs one after another: two programs exercise both the
-# in-program row loop and the cross-program partial sum.
-INTERPRETER_PROGRAMS = 2
 
 
 @triton.jit
@@ -273,32 +267,9 @@ def _norm_backward_kernel(
 # --------------------------------------------------------------------------- launch helpers
 
 
-def _num_warps(block_n: int) -> int:
-    """About 16 elements per thread: 1 warp up to 512 columns, 8 at 4096, 16 from 8192."""
-    return min(max(block_n // 512, 1), 16)
-
-
 def row_config(n_cols: int, max_fused: int) -> tuple[int, bool, int]:
-    """(BLOCK_N, SINGLE_BLOCK, num_warps) for rows of ``n_cols`` elements."""
-    block_n = triton.next_power_of_2(n_cols)
-    if block_n <= max_fused:
-        return block_n, True, _num_warps(block_n)
-    return LOOPED_BLOCK, False, _num_warps(LOOPED_BLOCK)
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessor_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def backward_programs(device: torch.device, n_rows: int, num_warps: int) -> int:
-    """How many programs share the rows in the backward (= rows of the partial sums)."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        wanted = _multiprocessor_count(index) * max(1, BACKWARD_WARPS_PER_SM // num_warps)
-    else:
-        wanted = INTERPRETER_PROGRAMS
-    return max(1, min(n_rows, wanted))
+    """(BLOCK_N, SINGLE_BLOCK, num_warps) for rows of ``n_cols`` elements (see _rows.row_config)."""
+    return _rows.row_config(n_cols, max_fused, LOOPED_BLOCK)
 
 
 def norm_forward(
@@ -360,7 +331,7 @@ def norm_backward(
         zeros = torch.zeros(n_cols, dtype=acc_dtype, device=x.device)
         return (zeros if weight_grad else None), (zeros.clone() if bias_grad else None)
     block_n, single_block, num_warps = row_config(n_cols, BACKWARD_MAX_FUSED)
-    programs = backward_programs(x.device, n_rows, num_warps)
+    programs = _rows.row_programs(x.device, n_rows, num_warps)
     rows_per_program = triton.cdiv(n_rows, programs)
     programs = triton.cdiv(n_rows, rows_per_program)
     # The single-block kernel writes every partial element; the looped one adds into them.
