@@ -19,7 +19,8 @@ from typing import Optional
 
 from .runner import shape_str, unit_scale
 
-_STYLES = [(ls, marker) for marker in ("o", "s", "^", "D", "v") for ls in ("-", "--", ":", "-.")]
+# A variant's line style and marker both change, so a single-point line still shows which it is.
+_LINESTYLES, _MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
 # (row field, unit, scale of the field's value to the unit)
 _METRICS = (("tflops", "FLOP/s", 1e12), ("gbps", "B/s", 1e9))
 
@@ -136,7 +137,8 @@ def _plot_op(op: str, rows: list[dict], run: dict):
             points.sort(key=axis.position)
             values = [_point(r, field, factor) for r in points]
             ys = [v for v, _, _ in values]
-            linestyle, marker = _STYLES[variants.index(variant) % len(_STYLES)]
+            style = variants.index(variant)
+            linestyle, marker = _LINESTYLES[style % len(_LINESTYLES)], _MARKERS[style % len(_MARKERS)]
             label = " ".join([provider] + [f"{k}={v}" for k, v in variant if v is not None])
             handles[variants.index(variant), providers.index(provider)] = label, ax.errorbar(
                 [axis.position(r) for r in points], ys,
