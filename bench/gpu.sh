@@ -79,7 +79,9 @@ fi
 
 json=$(ls -t bench/results/*/*.json 2>/dev/null | head -n 1)
 if [ -n "$json" ]; then
+  saved=$status
   step plot 30 $PY -m fusednn plot "$json" --out "$LOGS/plots"
+  status=$saved  # plots are a convenience (matplotlib may be missing): they do not fail the run
   say "results: $json"
 fi
 say "total $((SECONDS - START)) s; exit $status"
