@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusednn.kernels import SM80, SM90, TRITON_DEFAULT_STAGES, TRITON_DEFAULT_WARPS, CompileVariant
 from fusednn.kernels._tiles import (
     LN2,
     LOG2E,
@@ -561,6 +562,16 @@ def tile_config(kernel_pass: str, block_d: int, interpreting: bool) -> TileConfi
     return next(c for d, c in _GPU_CONFIGS[kernel_pass].items() if block_d <= d)
 
 
+def _preprocess_block(interpreting: bool) -> int:
+    """Query rows per program of the delta pass (launched with Triton's default warps and stages)."""
+    return 32 if interpreting else 64
+
+
+def _mask_block(interpreting: bool) -> int:
+    """Side of the square tile of the dropout-mask writer (Triton's default warps and stages)."""
+    return 16 if interpreting else 64
+
+
 def _common_meta(q, v, bias, options: Options) -> dict:
     is_fp32 = q.dtype == torch.float32
     return dict(
@@ -635,7 +646,7 @@ def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, opt
     # Keys of a sequence shorter than max_seqlen_k are never visited by a program: the
     # packed dk/dv rows all belong to some sequence, so every row is written.
     delta = torch.empty_like(lse)
-    preprocess_block = 32 if _interpreting(q.device) else 64
+    preprocess_block = _preprocess_block(_interpreting(q.device))
     torch.library.wrap_triton(_backward_preprocess_kernel)[
         (triton.cdiv(options.max_seqlen_q, preprocess_block), batch * num_heads)
     ](
@@ -679,8 +690,66 @@ def dropout_keep_mask(seed: torch.Tensor, batch: int, heads: int, seqlen_q: int,
     attention kernels make for a dense input with this seed and dropout_p."""
     mask = torch.zeros((batch, heads, seqlen_q, seqlen_k), dtype=torch.int8, device=seed.device)
     if mask.numel():
-        block = 16 if _interpreting(seed.device) else 64
+        block = _mask_block(_interpreting(seed.device))
         _dropout_mask_kernel[(triton.cdiv(seqlen_q, block), batch * heads)](
             mask, seed, heads, seqlen_q, seqlen_k, float(dropout_p), BLOCK_M=block, BLOCK_N=block
         )
     return mask.bool()
+
+
+# --------------------------------------------------------------------------- compile check
+
+
+def compile_variants() -> list[CompileVariant]:
+    """Each pass with the tiles its launcher picks on a GPU: plain bfloat16 at every padded
+    head dim (also for sm_80), and causal, every option at once, float32 with a bool mask
+    and a padded float16 head dim with a window. float32 goes first: its dots run on FMA
+    units and take longest to compile, so a pool of workers starts them first."""
+    plain = dict(VARLEN=False, BOTTOM_RIGHT=False, HAS_LEFT=False, HAS_RIGHT=False, SOFTCAP=False, BIAS_KIND=0,
+                 DROPOUT=False, PRECISION="tf32")
+    everything = dict(plain, VARLEN=True, BOTTOM_RIGHT=True, HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=True, BIAS_KIND=1,
+                      DROPOUT=True)
+    cases = [  # (name, dtype, head dim, constexprs, archs)
+        ("fp32-bool-mask", "fp32", 64, dict(plain, BIAS_KIND=2, PRECISION="ieee"), (SM90,)),
+        ("plain", "bf16", 64, plain, (SM90, SM80)),
+        ("plain", "bf16", 128, plain, (SM90, SM80)),
+        ("plain", "bf16", 256, plain, (SM90, SM80)),
+        ("causal", "bf16", 128, dict(plain, HAS_RIGHT=True), (SM90,)),
+        ("all-options", "bf16", 128, everything, (SM90,)),
+        ("fp16-window", "fp16", 80, dict(plain, HAS_LEFT=True, HAS_RIGHT=True), (SM90,)),
+    ]
+    variants = []
+    for name, dtype, head_dim, meta, archs in cases:
+        tensor = "*" + dtype
+        types = dict(Q=tensor, K=tensor, V=tensor, Out=tensor, DOut=tensor, DK=tensor, DV_=tensor, DQ=tensor,
+                     Bias="*u8" if meta["BIAS_KIND"] == 2 else "*fp32", Lse="*fp32", Delta="*fp32", DBias="*fp32",
+                     DQAcc="*fp32", CuQ="*i32", CuK="*i32", Seed="*i64", sm_scale="fp32", softcap="fp32",
+                     dropout_p="fp32", dropout_scale="fp32")
+        block_d = _block_d(head_dim)
+        dims = dict(D=head_dim, DV=head_dim, BLOCK_D=block_d, BLOCK_DV=block_d)
+        for kernel_pass, kernel in (("forward", _forward_kernel), ("dkdv", _backward_dkdv_kernel),
+                                    ("dq", _backward_dq_kernel)):
+            config = tile_config(kernel_pass, block_d, interpreting=False)
+            constexprs = dict(meta, **dims, BLOCK_M=config.block_m, BLOCK_N=config.block_n)
+            if kernel_pass == "dkdv":
+                # the plain builds take the deterministic backward (dq in its own pass), the others atomics
+                constexprs.update(BIAS_GRAD=meta["BIAS_KIND"] == 1, ATOMIC_DQ=name != "plain")
+            variants.append(CompileVariant(
+                name=f"attention {kernel_pass} {name} {dtype} D={head_dim}", kernel=kernel.__name__,
+                types={arg: t for arg, t in types.items() if arg in kernel.arg_names}, constexprs=constexprs,
+                num_warps=config.num_warps, num_stages=config.num_stages, archs=archs,
+            ))
+    variants.append(CompileVariant(
+        name="attention preprocess bf16 D=128", kernel=_backward_preprocess_kernel.__name__,
+        types=dict(Out="*bf16", DOut="*bf16", Delta="*fp32", CuQ="*i32"),
+        constexprs=dict(DV=128, BLOCK_M=_preprocess_block(False), BLOCK_DV=128, VARLEN=True),
+        num_warps=TRITON_DEFAULT_WARPS, num_stages=TRITON_DEFAULT_STAGES, archs=(SM90, SM80),
+    ))
+    mask_block = _mask_block(False)
+    variants.append(CompileVariant(
+        name="attention dropout mask", kernel=_dropout_mask_kernel.__name__,
+        types=dict(Mask="*i8", Seed="*i64", dropout_p="fp32"),
+        constexprs=dict(BLOCK_M=mask_block, BLOCK_N=mask_block), num_warps=TRITON_DEFAULT_WARPS,
+        num_stages=TRITON_DEFAULT_STAGES,
+    ))
+    return variants

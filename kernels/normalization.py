@@ -30,7 +30,7 @@ import triton.language as tl
 
 from fusednn import _runtime
 from fusednn._validate import accumulate_dtype
-from fusednn.kernels import _rows
+from fusednn.kernels import SM80, SM90, TRITON_DEFAULT_STAGES, CompileVariant, _rows, triton_type
 
 # Widest row kept entirely in registers. The backward holds x, dy, w and two
 # accumulators per element, so its limit is lower to avoid register spills.
@@ -364,3 +364,49 @@ def norm_backward(
     dweight = dw_partial.sum(0) if dw_partial is not None else None
     dbias = db_partial.sum(0) if db_partial is not None else None
     return dweight, dbias
+
+
+# --------------------------------------------------------------------------- compile check
+
+
+def compile_variants() -> list[CompileVariant]:
+    """The forward and the backward kernel at the widest row held in registers (the most
+    registers a single-block build takes) and at a row twice as wide (looped), with the
+    blocks and warps row_config picks: LayerNorm and RMSNorm, with and without weight and
+    bias, bfloat16 (also with float32 parameters), float32 and float64; the bfloat16
+    LayerNorm builds for sm_80 too."""
+    bf16, fp32, fp64 = torch.bfloat16, torch.float32, torch.float64
+    cases = [  # (op, x dtype, parameter dtype, HAS_WEIGHT, HAS_BIAS, looped, archs)
+        ("layer_norm", bf16, bf16, True, True, False, (SM90, SM80)),
+        ("layer_norm", bf16, bf16, True, True, True, (SM90, SM80)),
+        ("layer_norm", fp32, fp32, False, False, False, (SM90,)),
+        ("layer_norm", fp32, fp32, False, False, True, (SM90,)),
+        ("rms_norm", bf16, fp32, True, False, False, (SM90,)),
+        ("rms_norm", fp32, fp32, True, False, True, (SM90,)),
+        ("layer_norm", fp64, fp64, True, True, False, (SM90,)),
+    ]
+    variants = []
+    for op, x_dtype, param_dtype, weight, bias, looped, archs in cases:
+        x, acc = "*" + triton_type(x_dtype), "*" + triton_type(accumulate_dtype(x_dtype))
+        # the launchers pass x for an absent weight or bias
+        w, b = ("*" + triton_type(param_dtype) if given else x for given in (weight, bias))
+        params = "" if weight or bias else " no weight/bias"
+        params += f" {triton_type(param_dtype)} params" if param_dtype != x_dtype else ""
+        for kernel_pass, kernel, max_fused in (("forward", _norm_forward_kernel, FORWARD_MAX_FUSED),
+                                               ("backward", _norm_backward_kernel, BACKWARD_MAX_FUSED)):
+            n_cols = 2 * max_fused if looped else max_fused
+            block_n, single_block, num_warps = row_config(n_cols, max_fused)
+            if kernel_pass == "forward":
+                types = dict(X=x, Y=x, W=w, B=b, Mean=acc, Rstd=acc, eps="fp32")
+                flags = dict(HAS_BIAS=bias)
+            else:
+                types = dict(X=x, DY=x, DX=x, W=w, Mean=acc, Rstd=acc, DW_partial=acc, DB_partial=acc)
+                flags = dict(WEIGHT_GRAD=weight, BIAS_GRAD=bias)
+            variants.append(CompileVariant(
+                name=f"{op} {kernel_pass} {triton_type(x_dtype)}{params} N={n_cols}{' looped' if looped else ''}",
+                kernel=kernel.__name__, types=types,
+                constexprs=dict(flags, IS_RMS=op == "rms_norm", HAS_WEIGHT=weight, BLOCK_N=block_n,
+                                SINGLE_BLOCK=single_block),
+                num_warps=num_warps, num_stages=TRITON_DEFAULT_STAGES, archs=archs,
+            ))
+    return variants

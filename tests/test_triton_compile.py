@@ -1,133 +1,149 @@
-"""Every Triton kernel variant compiles to a GPU binary for sm_80 and sm_90a.
+"""Every Triton kernel variant compiles to a GPU binary for sm_90a (the common ones for sm_80 too).
 
 The interpreter that runs the Triton kernels on CPU machines skips the compiler, so a
 kernel that lowers badly (a layout the backend cannot handle, a dot shape it rejects, too
-much shared memory) would only fail on a GPU. This test compiles each variant with the
-tile configuration the launcher would pick, in a subprocess with TRITON_INTERPRET=0 (no GPU
-needed: triton.compile takes the target), and reports registers and spill bytes in the
-pytest summary beside the CUDA kernels'.
+much shared memory) would only fail on a GPU. The variants come from the op registry: each
+op's Triton kernel names a ``compile_variants`` function of its kernels module (a kernel
+shared by several ops is built once), which lists ``fusednn.kernels.CompileVariant`` s with
+the tiles and launch options its launchers pick. They compile in a subprocess with
+TRITON_INTERPRET=0 (no GPU needed: triton.compile takes the target), two at a time, and
+the registers, spill bytes and shared memory ptxas reports for the binary Triton built are
+printed in the pytest summary beside the CUDA kernels'.
 
-Run directly (``python tests/test_triton_compile.py``) it prints the report.
+Run directly (``python tests/test_triton_compile.py``) it prints the report as JSON lines.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import glob
+import importlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
-ARCHS = (90, 80)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_FILES = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.py")))
 # Shared memory per block an arch offers (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-ELEMENT = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+# The compile check runs on 2-core CI machines.
+WORKERS = 2
+PTXAS_LOG = "ptxas.log"
 
 
-def attention_cases() -> list[dict]:
-    """(kernel name, pointer types, constexprs, warps, stages) for the exact-attention variants."""
-    from fusednn.kernels import exact_attention as ka
+def _registry():
+    import fusednn  # noqa: F401  (registers the ops)
+    from fusednn import registry
 
-    def flags(**overrides):
-        base = dict(VARLEN=False, BOTTOM_RIGHT=False, HAS_LEFT=False, HAS_RIGHT=False, SOFTCAP=False, BIAS_KIND=0,
-                    DROPOUT=False, PRECISION="tf32")
-        return {**base, **overrides}
-
-    everything = flags(VARLEN=True, BOTTOM_RIGHT=True, HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=True, BIAS_KIND=1,
-                       DROPOUT=True)
-    variants = [  # (name, dtype, head dim, flags, every arch?)
-        ("plain", "bf16", 64, flags(), True),
-        ("plain", "bf16", 128, flags(), True),
-        ("plain", "bf16", 256, flags(), True),
-        ("causal", "bf16", 128, flags(HAS_RIGHT=True), False),
-        ("all-options", "bf16", 128, everything, False),
-        ("fp32-bool-mask", "fp32", 64, flags(BIAS_KIND=2, PRECISION="ieee"), False),
-        ("fp16-window", "fp16", 80, flags(HAS_LEFT=True, HAS_RIGHT=True), False),
-    ]
-    cases = []
-    for name, dtype, d, meta, every_arch in variants:
-        tensor = ELEMENT[dtype]
-        pointers = dict(Q=tensor, K=tensor, V=tensor, Out=tensor, DOut=tensor, DK=tensor, DV_=tensor, DQ=tensor,
-                        Bias="*u8" if meta["BIAS_KIND"] == 2 else "*fp32", Lse="*fp32", Delta="*fp32",
-                        DBias="*fp32", DQAcc="*fp32", CuQ="*i32", CuK="*i32", Seed="*i64")
-        block_d = max(16, 1 << (d - 1).bit_length())
-        dims = dict(D=d, DV=d, BLOCK_D=block_d, BLOCK_DV=block_d)
-        archs = ARCHS if every_arch else ARCHS[:1]
-        for kernel_pass, fn, extra in (
-            ("forward", "_forward_kernel", {}),
-            ("dkdv", "_backward_dkdv_kernel", dict(BIAS_GRAD=meta["BIAS_KIND"] == 1, ATOMIC_DQ=name != "plain")),
-            ("dq", "_backward_dq_kernel", {}),
-        ):
-            config = ka.tile_config(kernel_pass, block_d, interpreting=False)
-            constexprs = dict(meta, **dims, **extra, BLOCK_M=config.block_m, BLOCK_N=config.block_n)
-            for arch in archs:
-                cases.append(dict(name=f"attention {kernel_pass} {name} {dtype} D={d}", fn=fn, arch=arch,
-                                  pointers=pointers, constexprs=constexprs, warps=config.num_warps,
-                                  stages=config.num_stages))
-    for arch in ARCHS:
-        cases.append(dict(name="attention preprocess bf16 D=128", fn="_backward_preprocess_kernel", arch=arch,
-                          pointers=dict(Out="*bf16", DOut="*bf16", Delta="*fp32", CuQ="*i32"),
-                          constexprs=dict(BLOCK_M=64, DV=128, BLOCK_DV=128, VARLEN=True), warps=4, stages=1))
-    cases.append(dict(name="attention dropout mask", fn="_dropout_mask_kernel", arch=90,
-                      pointers=dict(Mask="*i8", Seed="*i64"), constexprs=dict(BLOCK_M=64, BLOCK_N=64), warps=4,
-                      stages=1))
-    return cases
+    return registry
 
 
-_FLOAT_SCALARS = {"sm_scale", "softcap", "dropout_p", "dropout_scale"}
+def variant_functions() -> list:
+    """The compile_variants function of every registered op's Triton kernel, each once."""
+    functions = []
+    for info in _registry().ops():
+        for kernel in info.kernels:
+            if kernel.backend == "triton" and kernel.compile_variants not in functions:
+                functions.append(kernel.compile_variants)
+    return functions
 
 
-def compile_case(case: dict) -> dict:
-    """Compile one case; returns its name, arch, registers, spill bytes, shared bytes or the error."""
-    import triton
+def jobs() -> list[tuple[str, object, int]]:
+    """(kernels module, variant, arch) for every build, in the order the variants list them
+    (a module puts its slowest builds first), the archs of one variant next to each other."""
+    return [(function.__module__, variant, arch) for function in variant_functions() if function is not None
+            for variant in function() for arch in variant.archs]
+
+
+def _arch_name(arch: int) -> str:
+    return f"sm_{arch}{'a' if arch >= 90 else ''}"
+
+
+def _signature(fn, variant) -> dict:
+    unknown = (set(variant.types) | set(variant.constexprs)) - set(fn.arg_names)
+    if unknown:
+        raise TypeError(f"{variant.kernel} has no arguments {sorted(unknown)}")
+    return {name: "constexpr" if name in variant.constexprs else variant.types.get(name, "i32")
+            for name in fn.arg_names}
+
+
+def _compile(source, arch: int, options: dict):
+    """Compiles with Triton; returns the kernel and the log of the ptxas run that built its
+    binary. Triton prints that log only when it runs ptxas, so the log is kept in Triton's
+    cache beside the binary for the runs that find it there."""
     from triton.backends.compiler import GPUTarget
+    from triton.runtime.cache import get_cache_manager
+
+    target = GPUTarget("cuda", arch, 64 if arch >= 90 else 32)
+    compiled, log = _compile_printing(source, target, options)
+    cache = get_cache_manager(compiled.hash)
+    if "Used" not in log:  # found in the cache: ptxas did not run
+        kept = cache.get_file(PTXAS_LOG)
+        if kept is not None:
+            with open(kept) as f:
+                return compiled, f.read()
+        # cached by a run that did not keep the log
+        compiled, log = _compile_printing(source, target, options, always_compile=True)
+    if "Used" in log:
+        cache.put(log, PTXAS_LOG, binary=False)
+    return compiled, log
+
+
+def _compile_printing(source, target, options, always_compile=False):
+    """triton.compile with the log of ptxas (when it runs) printed and captured."""
+    import triton
+
+    knobs = triton.knobs
+    saved = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, always_compile
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            compiled = triton.compile(source, target=target, options=options)
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
+    return compiled, printed.getvalue()
+
+
+def compile_job(job) -> dict:
+    """Compile one variant for one arch; returns its name, arch, registers, spill bytes and
+    shared bytes, or the error."""
     from triton.compiler import ASTSource
 
-    from fusednn.kernels import exact_attention
-
-    fn, arch = getattr(exact_attention, case["fn"]), case["arch"]
-    signature = {}
-    for name in fn.arg_names:
-        if name in case["constexprs"]:
-            signature[name] = "constexpr"
-        elif name in case["pointers"]:
-            signature[name] = case["pointers"][name]
-        else:
-            signature[name] = "fp32" if name in _FLOAT_SCALARS else "i32"
-    constexprs = {(fn.arg_names.index(k),): v for k, v in case["constexprs"].items()}
-    result = dict(name=case["name"], arch=f"sm_{arch}")
+    module, variant, arch = job
+    result = dict(name=variant.name, arch=_arch_name(arch))
+    started = time.perf_counter()
     try:
-        compiled = triton.compile(
-            ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-            target=GPUTarget("cuda", arch, 64 if arch >= 90 else 32),
-            options=dict(num_warps=case["warps"], num_stages=case["stages"]),
-        )
+        fn = getattr(importlib.import_module(module), variant.kernel)
+        constexprs = {(fn.arg_names.index(k),): v for k, v in variant.constexprs.items()}
+        source = ASTSource(fn=fn, signature=_signature(fn, variant), constexprs=constexprs)
+        compiled, log = _compile(source, arch, dict(num_warps=variant.num_warps, num_stages=variant.num_stages))
     except Exception as exc:  # reported by the test
         return dict(result, error=f"{type(exc).__name__}: {str(exc)[:2000]}")
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(compiled.asm["ptx"])
-    try:
-        log = subprocess.run([ptxas, f"-arch=sm_{arch}{'a' if arch >= 90 else ''}", "-v", f.name, "-o", os.devnull],
-                             capture_output=True, text=True).stderr
-    finally:
-        os.unlink(f.name)
     registers = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores", log)
     return dict(result, registers=int(registers.group(1)) if registers else None,
-                spills=int(spills.group(1)) if spills else None, shared=compiled.metadata.shared)
+                spills=int(spills.group(1)) if spills else None, shared=compiled.metadata.shared,
+                seconds=round(time.perf_counter() - started, 1))
 
 
 def _main() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    cases = attention_cases()
-    with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for result in pool.map(compile_case, cases):
+    with ProcessPoolExecutor(max_workers=WORKERS) as pool:
+        for result in pool.map(compile_job, jobs()):
             print(json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- tests
 
 
 @pytest.fixture(scope="module")
@@ -148,23 +164,64 @@ def compile_results(request):
     report = request.config.stash.setdefault(COMPILE_REPORT, [])
     for r in results:
         if "error" not in r:
-            report.append(f"triton {r['name']:<48} {r['arch']:<6} {r['registers']} registers, {r['spills']} bytes "
+            report.append(f"triton {r['name']:<56} {r['arch']:<6} {r['registers']} registers, {r['spills']} bytes "
                           f"spilled, {r['shared']} bytes shared")
     return results
 
 
-def test_every_attention_variant_compiles(compile_results):
-    assert len(compile_results) == len(attention_cases())
+def test_every_op_names_its_compile_variants():
+    missing = [info.name for info in _registry().ops() for kernel in info.kernels
+               if kernel.backend == "triton" and kernel.compile_variants is None]
+    assert not missing, f"ops whose Triton kernel has no compile_variants: {missing}"
+
+
+@pytest.mark.slow  # the compile subprocess: make test-fast leaves it out
+def test_every_variant_compiles(compile_results):
+    assert len(compile_results) == len(jobs())
     errors = [f"{r['name']} ({r['arch']}): {r['error']}" for r in compile_results if "error" in r]
+    errors += [f"{r['name']} ({r['arch']}): no register count in the ptxas log" for r in compile_results
+               if "error" not in r and r["registers"] is None]
     assert not errors, "\n".join(errors)
 
 
+@pytest.mark.slow
 def test_shared_memory_within_the_arch_limit(compile_results):
     over = [f"{r['name']} ({r['arch']}): {r['shared']} bytes" for r in compile_results
-            if "error" not in r and r["shared"] > SHARED_LIMIT[int(r["arch"][3:])]]
+            if "error" not in r and r["shared"] > SHARED_LIMIT[int(r["arch"][3:5])]]
     assert not over, "\n".join(over)
 
 
+def test_every_entry_kernel_has_a_compile_variant():
+    """An entry kernel (a @triton.jit function of kernels/ that no other one calls: the
+    launchers start it) that no op's compile_variants lists would never be compiled in CI."""
+    compiled = {(module, variant.kernel) for module, variant, _arch in jobs()}
+    missing = sorted(f"{module}.{name}" for module, name in entry_kernels() if (module, name) not in compiled)
+    assert not missing, f"entry kernels in no op's compile_variants: {missing}"
+
+
+def entry_kernels() -> set[tuple[str, str]]:
+    """(module, name) of the @triton.jit functions in kernels/ that no @triton.jit function calls."""
+    defined, called = set(), set()
+    for path in KERNEL_FILES:
+        module = "fusednn.kernels." + os.path.splitext(os.path.basename(path))[0]
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and any(_is_triton_jit(d) for d in node.decorator_list):
+                defined.add((module, node.name))
+                called |= {_callee(call) for call in ast.walk(node) if isinstance(call, ast.Call)}
+    return {(module, name) for module, name in defined if name not in called}
+
+
+def _is_triton_jit(decorator: ast.expr) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return ast.unparse(target) in ("triton.jit", "jit")
+
+
+def _callee(call: ast.Call) -> str:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, ROOT)
     _main()

@@ -469,7 +469,7 @@ def _restore_rank(out: Tensor, query: Tensor, key: Tensor, value: Tensor) -> Ten
 
 # --------------------------------------------------------------------------- registry
 
-_TRITON = registry.Kernel("triton", _KERNEL_DTYPES)
+_TRITON = registry.Kernel("triton", _KERNEL_DTYPES, compile_variants=_kernels.compile_variants)
 
 ATTENTION = registry.register(registry.OpInfo(
     name="attention", family="exact_attention", function=attention, reference=_reference.attention,

@@ -321,7 +321,7 @@ def rms_norm(
 
 # --------------------------------------------------------------------------- registry
 
-_TRITON = registry.Kernel("triton", FLOAT_DTYPES)
+_TRITON = registry.Kernel("triton", FLOAT_DTYPES, compile_variants=_kernels.compile_variants)
 
 LAYER_NORM = registry.register(registry.OpInfo(
     name="layer_norm", family="normalization", function=layer_norm, reference=_reference.layer_norm,
