@@ -15,8 +15,8 @@ The rules:
 * numpy: pinned only where the triton in use needs it: Triton's CPU interpreter, which
   runs the Triton kernels on machines without a GPU, fails on numpy >= 2.4 before
   triton 3.7.
-* the test and build tools (pytest, pybind11, ninja, setuptools, wheel) go into the
-  virtual environment itself even where the system has them, so the host's versions
+* numpy and the test and build tools (pytest, pybind11, ninja, setuptools, wheel) go into
+  the virtual environment itself even where the system has them, so the host's versions
   (and pytest plugins) do not decide the test session.
 
 ``--print`` prints the requirement set for this interpreter without installing;
@@ -159,7 +159,8 @@ def requirements(fresh: bool = False) -> list[str]:
         wanted.append(triton_spec)
         triton_version = _version_in_spec(triton_spec)
 
-    numpy_version = None if fresh else installed_version("numpy")
+    # numpy runs the Triton interpreter in the test session: ours, not the system's.
+    numpy_version = installed_version("numpy") if not fresh and _in_this_environment("numpy") else None
     if triton_version is not None and triton_version[:2] < TRITON_NUMPY_24:
         if numpy_version is None or numpy_version >= (2, 4):
             wanted.append("numpy<2.4")
