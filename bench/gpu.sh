@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything to do on a GPU machine in one call that ends within a budget (default 450 s,
+# Everything to do on a GPU machine in one call that ends within a budget (default 470 s,
 # inside an 8-minute limit), on a machine with no earlier build:
 #
 #   bash bench/gpu.sh          build with CUDA for this GPU's arch (all cores), the CUDA tests
@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=quick
 if [ "${1:-}" = "full" ]; then MODE=full; shift; fi
-BUDGET_S=${BUDGET_S:-450}
+BUDGET_S=${BUDGET_S:-470}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -26,6 +26,17 @@ SUMMARY=$LOGS/summary.txt
 status=0
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
+
+# Copy what came out to $OUT and exit with the run's status.
+finish() {
+  say "total $((SECONDS - START)) s; exit $status"
+  if [ -n "${OUT:-}" ]; then
+    cp "$SUMMARY" "$OUT/summary.txt"
+    [ -n "${json:-}" ] && cp "$json" "$OUT/"
+    tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
+  fi
+  exit $status
+}
 
 # step NAME ESTIMATE_S CMD...: run it if its estimate fits in what is left of the budget;
 # log it, time it, remember a failure and go on.
@@ -47,6 +58,7 @@ step() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$SUMMARY"
+json=
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || exit 1
   export TORCH_CUDA_ARCH_LIST
@@ -55,9 +67,9 @@ say "mode $MODE, budget $BUDGET_S s, arch $TORCH_CUDA_ARCH_LIST, $MAX_JOBS build
 
 built=$($PY -c "import fusednn; print(fusednn.build_info()['cuda'])" 2>/dev/null)
 if [ "$built" != "True" ]; then
-  step build 240 $PY -m pip install --no-build-isolation --no-deps --no-index -e . || exit 1
+  step build 180 $PY -m pip install --no-build-isolation --no-deps --no-index -e . || finish
 fi
-step info 30 $PY -m fusednn info
+step info 20 $PY -m fusednn info
 
 # pytest: no plugins but xdist (if present, to compile Triton variants on several cores);
 # options given here so that an older pytest on the machine does not trip over pyproject's.
@@ -67,27 +79,21 @@ if [ "$MODE" = quick ]; then
   WORKERS=()
   if $PY -c "import xdist" 2>/dev/null; then WORKERS=(-p xdist.plugin -n 8); fi
   TESTS=(tests/test_registry.py tests/ops tests/nn tests/test_compile.py tests/test_runtime.py)
-  step tests 200 env FUSEDNN_TEST_GRID=curated "${PYTEST[@]}" "${WORKERS[@]}" "${TESTS[@]}"
+  step tests 180 env FUSEDNN_TEST_GRID=curated "${PYTEST[@]}" "${WORKERS[@]}" "${TESTS[@]}"
   if [ $? -eq 4 ] && [ ${#WORKERS[@]} -gt 0 ]; then  # a usage error from the xdist options: run without
-    step tests-serial 200 env FUSEDNN_TEST_GRID=curated "${PYTEST[@]}" "${TESTS[@]}"
+    step tests-serial 180 env FUSEDNN_TEST_GRID=curated "${PYTEST[@]}" "${TESTS[@]}"
   fi
-  step check 60 $PY -m fusednn check
-  step bench 120 $PY -m fusednn bench --quick "$@"
+  step check 45 $PY -m fusednn check
+  step bench 100 $PY -m fusednn bench --quick "$@"
 else
   step bench 300 $PY -m fusednn bench "$@"
 fi
 
-json=$(ls -t bench/results/*/*.json 2>/dev/null | head -n 1)
+json=$(find bench/results -name '*.json' -newer "$SUMMARY" 2>/dev/null | head -n 1)  # this run's
 if [ -n "$json" ]; then
   saved=$status
-  step plot 30 $PY -m fusednn plot "$json" --out "$LOGS/plots"
+  step plot 20 $PY -m fusednn plot "$json" --out "$LOGS/plots"
   status=$saved  # plots are a convenience (matplotlib may be missing): they do not fail the run
   say "results: $json"
 fi
-say "total $((SECONDS - START)) s; exit $status"
-if [ -n "${OUT:-}" ]; then
-  cp "$SUMMARY" "$OUT/summary.txt"
-  [ -n "$json" ] && cp "$json" "$OUT/"
-  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
-fi
-exit $status
+finish
