@@ -536,8 +536,13 @@ def print_table(rows: list[Row]) -> None:
         print(f"{op:<10} {mode:<7} {dtype:<8} {shape:<30} {ours_ms:>10}  {pct_str:>9}  {'; '.join(others)}")
 
 
-def _write_json(payload: dict, out_dir: str, stamp: str) -> str:
-    """``<out_dir>/<device>/<stamp>.json``, never over an earlier run's file."""
+def _write_json(payload: dict, out_dir: str, stamp: str, path: Optional[str]) -> str:
+    """``<out_dir>/<device>/<stamp>.json``, never over an earlier run's file; ``path``: this
+    run's file, written before, to update."""
+    if path is not None:
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=1)
+        return path
     target_dir = os.path.join(out_dir, payload["device"])
     os.makedirs(target_dir, exist_ok=True)
     for n in range(1000):
@@ -578,11 +583,27 @@ def run(ops: Optional[list[str]], quick: bool, out_dir: str, device: Optional[to
           f"{', '.join(n for n, _ in plan) or 'nothing to run'}", flush=True)
     bench.copy_gbps = measure_copy_bandwidth(device, timing)
     print(f"  device copy bandwidth: {rate(bench.copy_gbps * 1e9, 'B')} (read + write)", flush=True)
+    now = datetime.datetime.now()
+    commit = _git_commit()
+    path = None
     for i, (name, shapes) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {name}: {len(shapes)} shape(s)", flush=True)
         bench.bench_op(name, shapes, BENCHES[name])
+        # Written after every op (complete: false until the end), so a run stopped by a time
+        # limit keeps what it measured.
+        path = _write_json(_payload(bench, device, quick, now, commit, complete=i == len(plan)), out_dir,
+                           f"{now.date().isoformat()}-{now.strftime('%H%M%S')}-{commit}", path)
+    if path is None:
+        path = _write_json(_payload(bench, device, quick, now, commit, complete=True), out_dir,
+                           f"{now.date().isoformat()}-{now.strftime('%H%M%S')}-{commit}", None)
     print_table(bench.rows)
+    print(f"\nwrote {path}")
+    return path
 
+
+def _payload(bench: "Bench", device: torch.device, quick: bool, now: datetime.datetime, commit: str, complete: bool,
+             ) -> dict:
+    """The JSON of a run: the device, versions, build, peaks, every row and every skip."""
     import fusednn
 
     try:
@@ -591,9 +612,7 @@ def run(ops: Optional[list[str]], quick: bool, out_dir: str, device: Optional[to
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    now = datetime.datetime.now()
-    commit = _git_commit()
-    payload = {
+    return {
         "device": device_name(device),
         "device_label": device_label(device),
         "device_type": device.type,
@@ -601,6 +620,7 @@ def run(ops: Optional[list[str]], quick: bool, out_dir: str, device: Optional[to
         "time": now.strftime("%H:%M:%S"),
         "commit": commit,
         "quick": quick,
+        "complete": complete,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "triton": triton_version,
@@ -609,12 +629,9 @@ def run(ops: Optional[list[str]], quick: bool, out_dir: str, device: Optional[to
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "build": fusednn.build_info(),
-        "timing": dataclasses.asdict(timing),
+        "timing": dataclasses.asdict(bench.timing),
         "copy_gbps": bench.copy_gbps,
         "matmul_peak": bench.matmul_peaks,
         "results": [dataclasses.asdict(r) for r in bench.rows],
         "skipped": [dataclasses.asdict(s) for s in bench.skipped],
     }
-    path = _write_json(payload, out_dir, f"{payload['date']}-{now.strftime('%H%M%S')}-{commit}")
-    print(f"\nwrote {path}")
-    return path
