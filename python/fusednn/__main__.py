@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p_bench = sub.add_parser("bench", help="time every op against its PyTorch baselines")
     p_bench.add_argument("--ops", nargs="+", help="ops to time (default: all), e.g. --ops lstm layer_norm")
     p_bench.add_argument("--quick", action="store_true", help="the quick shapes and shorter timing")
-    p_bench.add_argument("--out", default=os.path.join("bench", "results"), help="results folder (default: %(default)s)")
+    p_bench.add_argument("--out", default=os.path.join("bench", "results"),
+                         help="results folder (default: %(default)s)")
     p_bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p_plot = sub.add_parser("plot", help="one PNG per op of a bench results file (needs matplotlib)")
     p_plot.add_argument("results", help="a JSON file written by bench")

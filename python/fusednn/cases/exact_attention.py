@@ -304,15 +304,18 @@ def attention_bad_inputs() -> list[BadInput]:
         ("causal-window-right", (Q, K, V), dict(causal=True, window=(2, 3)), ValueError,
          r"window must be \(left, 0\) or \(left, None\) with causal=True.*\(2, 3\)"),
         ("causal-int", (Q, K, V), dict(causal=1), TypeError, r"causal must be a bool; got 1"),
-        ("dropout-1.5", (Q, K, V), dict(dropout_p=1.5), ValueError, r"dropout_p must be a finite float in \[0.0, 1.0\]; "
+        ("dropout-1.5", (Q, K, V), dict(dropout_p=1.5), ValueError,
+         r"dropout_p must be a finite float in \[0.0, 1.0\]; "
                                                                     r"got 1.5"),
         ("dropout-negative", (Q, K, V), dict(dropout_p=-0.1), ValueError, r"dropout_p must be .*; got -0.1"),
-        ("softcap-negative", (Q, K, V), dict(softcap=-1.0), ValueError, r"softcap must be a finite float >= 0.0; got -1.0"),
+        ("softcap-negative", (Q, K, V), dict(softcap=-1.0), ValueError,
+         r"softcap must be a finite float >= 0.0; got -1.0"),
         ("scale-inf", (Q, K, V), dict(scale=float("inf")), ValueError, r"scale must be a finite float; got inf"),
         ("scale-string", (Q, K, V), dict(scale="big"), TypeError, r"scale must be a float; got 'big'"),
         ("alignment", (Q, K, V), dict(alignment="center"), ValueError,
          r"alignment must be one of 'top_left', 'bottom_right'; got 'center'"),
-        ("deterministic-none", (Q, K, V), dict(deterministic=None), TypeError, r"deterministic must be a bool; got None"),
+        ("deterministic-none", (Q, K, V), dict(deterministic=None), TypeError,
+         r"deterministic must be a bool; got None"),
         ("return-lse-int", (Q, K, V), dict(return_lse=1), TypeError, r"return_lse must be a bool; got 1"),
     ])
 

@@ -96,11 +96,13 @@ def _bad_norm_inputs(op: str) -> list[BadInput]:
     cases = [
         bad("shape-not-trailing", (x, (4,)), ValueError, r"normalized_shape must be the trailing dims of x.*"
             r"\(2, 3, 5\).*got \(4,\)"),
-        bad("shape-too-long", (x, (1, 2, 3, 5)), ValueError, r"normalized_shape must be the trailing dims.*\(1, 2, 3, 5\)"),
+        bad("shape-too-long", (x, (1, 2, 3, 5)), ValueError,
+            r"normalized_shape must be the trailing dims.*\(1, 2, 3, 5\)"),
         bad("shape-empty", (x, ()), ValueError, r"normalized_shape must be non-empty"),
         bad("shape-string", (x, "5"), TypeError, r"normalized_shape must be an int or a sequence of ints; got '5'"),
         bad("shape-bool", (x, True), TypeError, r"normalized_shape must be an int"),
-        bad("weight-shape", (x, 5, torch.randn(4)), ValueError, r"weight must be normalized_shape = \(5,\); got shape \(4,\)"),
+        bad("weight-shape", (x, 5, torch.randn(4)), ValueError,
+            r"weight must be normalized_shape = \(5,\); got shape \(4,\)"),
         bad("weight-2d", (x, 5, torch.randn(3, 5)), ValueError, r"weight must be .*\(5,\); got shape \(3, 5\)"),
         bad("x-int64", (x.long(), 5), TypeError, r"x must be float16, bfloat16, float32 or float64; got int64"),
         bad("x-int32", (x.int(), 5), TypeError, r"x must be float.*; got int32"),

@@ -2,21 +2,20 @@
 as autograd-aware ops: ``attention`` on [B, H, T, D] tensors, ``attention_varlen`` on packed
 sequences, and ``scaled_dot_product_attention``, a drop-in for torch's.
 
-Registered ops (one pair serves the dense and the packed layout):
+Registered ops (one pair serves the dense and the packed layout), their options being the
+fields of ``kernels.exact_attention.Options`` in order (declared there once):
 
-* ``fusednn::attention_forward(q, k, v, bias?, cu_seqlens_q?, cu_seqlens_k?, max_seqlen_q,
-  max_seqlen_k, scale, softcap, window_left, window_right, bottom_right, dropout_p, seed?,
-  deterministic) -> (out, lse)``
-* ``fusednn::attention_backward(grad_out, q, k, v, out, lse, bias?, cu_seqlens_q?,
-  cu_seqlens_k?, max_seqlen_q, max_seqlen_k, scale, softcap, window_left, window_right,
-  bottom_right, dropout_p, seed?, bias_grad, deterministic) -> (dq, dk, dv, dbias)``
+* ``fusednn::attention_forward(q, k, v, bias?, *options) -> (out, lse)``
+* ``fusednn::attention_backward(grad_out, q, k, v, out, lse, bias?, bias_grad, *options)
+  -> (dq, dk, dv, dbias)``
 
 ``bias`` is a bool mask or float bias of shape [B, Hq, Tq, Tk] (any strides: the public
-functions pass an expanded view of a broadcastable one). Encoding of the options in the
-schema: ``softcap`` 0 = none; window sides -1 = unbounded (causal is window_right = 0);
-``seed`` is an int64 [1] tensor on q's device (None without dropout). Dense: q [B, Hq, Tq, D], lse [B, Hq, Tq]. Packed: q [total_q, Hq, D], lse
-[1, Hq, total_q]. ``dbias`` is the gradient of the scores after softcap, [B, Hq, Tq, Tk] in
-float32, or ``[0]`` unless bias_grad; autograd sums it back through the caller's expand.
+functions pass an expanded view of a broadcastable one). Encoding of the options: ``softcap``
+0 = none; window sides -1 = unbounded (causal is window_right = 0); ``seed`` is an int64 [1]
+tensor on q's device (None without dropout). Dense: q [B, Hq, Tq, D], lse [B, Hq, Tq].
+Packed: q [total_q, Hq, D], lse [1, Hq, total_q]. ``dbias`` is the gradient of the scores
+after softcap, [B, Hq, Tq, Tk] in float32, or ``[0]`` unless bias_grad; autograd sums it
+back through the caller's expand.
 """
 
 from __future__ import annotations
@@ -473,12 +472,14 @@ _TRITON = registry.Kernel("triton", _KERNEL_DTYPES, compile_variants=_kernels.co
 
 ATTENTION = registry.register(registry.OpInfo(
     name="attention", family="exact_attention", function=attention, reference=_reference.attention,
-    baseline=functools.partial(_reference.attention, upcast=False), kernels=(_TRITON,), samples=_cases.attention_samples,
-    bad_inputs=_cases.attention_bad_inputs, outputs=("out", "lse"), bench=_cases.BENCH_SHAPES,
+    baseline=functools.partial(_reference.attention, upcast=False), kernels=(_TRITON,),
+    samples=_cases.attention_samples, bad_inputs=_cases.attention_bad_inputs, outputs=("out", "lse"),
+    bench=_cases.BENCH_SHAPES,
 ))
 ATTENTION_VARLEN = registry.register(registry.OpInfo(
     name="attention_varlen", family="exact_attention", function=attention_varlen,
-    reference=_reference.attention_varlen, baseline=functools.partial(_reference.attention_varlen, upcast=False), kernels=(_TRITON,),
+    reference=_reference.attention_varlen, baseline=functools.partial(_reference.attention_varlen, upcast=False),
+    kernels=(_TRITON,),
     samples=_cases.attention_varlen_samples, bad_inputs=_cases.attention_varlen_bad_inputs, outputs=("out", "lse"),
 ))
 SDPA = registry.register(registry.OpInfo(
