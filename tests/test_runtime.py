@@ -214,3 +214,10 @@ def test_harness_infinities_must_match():
 def test_harness_needs_a_baseline_for_low_precision():
     with pytest.raises(ValueError, match="lowp_baseline"):
         testing.assert_close(torch.ones(3, dtype=torch.float16), torch.ones(3, dtype=torch.float64))
+
+
+def test_no_pytest_plugin_of_the_host_is_loaded(request):
+    """pytest runs with --disable-plugin-autoload (pyproject.toml): plugins installed on the
+    machine (pytest-benchmark, hypothesis, ...) do not change the test session."""
+    loaded = [dist.project_name for _, dist in request.config.pluginmanager.list_plugin_distinfo()]
+    assert loaded == []
