@@ -42,6 +42,8 @@ def _params(select, with_dtype: bool = True):
     """pytest params (op, sample[, device, dtype]) for the samples ``select`` keeps."""
     params = []
     for info in OPS:
+        curated = {dtype: {s.name for s in check.check_samples(info, dtype)}
+                   for _, dtype in testing.kernel_dtypes(info)} if CURATED else {}
         for sample in info.samples():
             if not select(sample):
                 continue
@@ -52,7 +54,7 @@ def _params(select, with_dtype: bool = True):
             for device, dtype in testing.kernel_dtypes(info):
                 if dtype in LOW_PRECISION and not sample.low_precision:
                     continue
-                if CURATED and device == "cuda" and sample.name not in {s.name for s in check.check_samples(info, dtype)}:
+                if CURATED and device == "cuda" and sample.name not in curated[dtype]:
                     continue
                 # float16 through Triton's interpreter is half of this file's time: make test-fast skips it
                 interpreted = device == "cpu" and info.select(torch.device(device), dtype) == "triton"

@@ -221,3 +221,11 @@ def test_no_pytest_plugin_of_the_host_is_loaded(request):
     machine (pytest-benchmark, hypothesis, ...) do not change the test session."""
     loaded = [dist.project_name for _, dist in request.config.pluginmanager.list_plugin_distinfo()]
     assert loaded == []
+
+
+def test_device_dtypes_by_kind_of_kernel(monkeypatch):
+    assert testing.device_dtypes("cpp")[:2] == [("cpu", torch.float64), ("cpu", torch.float32)]
+    monkeypatch.setattr(_runtime, "interpreter_enabled", lambda: False)
+    assert all(device == "cuda" for device, _ in testing.device_dtypes("triton"))
+    with pytest.raises(ValueError, match="kernel must be 'cpp' or 'triton'; got 'cuda'"):
+        testing.device_dtypes("cuda")

@@ -71,8 +71,12 @@ def extension():
     return _C
 
 
+# Read once: dispatch asks on every call, and torch.compile cannot trace into the extension.
+_EXTENSION_HAS_CUDA = _C is not None and bool(_C.build_info()["cuda"])
+
+
 def extension_has_cuda() -> bool:
-    return _C is not None and bool(_C.build_info()["cuda"])
+    return _EXTENSION_HAS_CUDA
 
 
 # --------------------------------------------------------------------------- triton

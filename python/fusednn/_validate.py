@@ -140,10 +140,6 @@ class Args:
             doc = f"{shape_doc} = {tuple(expected)}" if shape_doc else f"of shape {tuple(expected)}"
             raise self.error(name, doc, shape_of(t))
 
-    def same_device(self, name: str, t: torch.Tensor, like: torch.Tensor, like_name: str) -> None:
-        if t.device != like.device:
-            raise self.error(name, f"on {like_name}'s device {like.device}", str(t.device))
-
     # ------------------------------------------------------------------ scalars
 
     def integer(self, name: str, value: Any, *, minimum: Optional[int] = None, maximum: Optional[int] = None,

@@ -8,7 +8,7 @@ benchmark shapes. Everything else reads it:
   op functions call it), so a dtype a kernel does not serve goes to the next one or to
   the reference (bfloat16 never reaches Triton's CPU interpreter, float64 never reaches
   a kernel without float64);
-* ``python -m fusednn check`` runs every op's first sample on the present device;
+* ``python -m fusednn check`` runs every op's opcheck samples on the present device;
 * the test suite (``tests/test_registry.py``) runs, for every op, every sample against
   the float64 reference with the comparison harness of ``fusednn.testing`` (outputs and
   the gradient of every input), ``torch.library.opcheck`` of every registered

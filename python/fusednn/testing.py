@@ -154,8 +154,7 @@ def compare(
         rule = f"relative {tol:.0e}"
     if extra:
         rule += f" + atol {extra:.0e}"
-    relative = err / max(size, 1e-300) if err == err else err
-    return Comparison(name, err, bound, relative, rule)
+    return Comparison(name, err, bound, err / max(size, 1e-300) if err == err else err, rule)
 
 
 def assert_close(actual, expected, *, name="output", rtol=None, atol=None, lowp_baseline=None, precision=None,
@@ -455,3 +454,21 @@ def kernel_dtypes(info: OpInfo) -> list[tuple[str, torch.dtype]]:
     (CPU: C++ kernels, and Triton's interpreter when TRITON_INTERPRET=1, which never takes
     bfloat16; CUDA when present)."""
     return [(device, dtype) for device in devices() for dtype in info.dtypes_with_kernel(torch.device(device))]
+
+
+def device_dtypes(kernel: str) -> list[tuple[str, torch.dtype]]:
+    """(device, dtype) pairs a family's tests cover on this machine, by kind of kernel:
+    ``"cpp"``: CPU float64/float32; ``"triton"``: CPU float32/float16 under the interpreter
+    only; both: CUDA float32/float16/bfloat16 when present. (Per op, ``kernel_dtypes`` reads
+    the registry instead.)"""
+    pairs: list[tuple[str, torch.dtype]] = []
+    if kernel == "cpp":
+        pairs += [("cpu", torch.float64), ("cpu", torch.float32)]
+    elif kernel == "triton":
+        if _runtime.interpreter_enabled():
+            pairs += [("cpu", torch.float32), ("cpu", torch.float16)]
+    else:
+        raise ValueError(f"fusednn.testing.device_dtypes: kernel must be 'cpp' or 'triton'; got {kernel!r}")
+    if torch.cuda.is_available():
+        pairs += [("cuda", torch.float32), ("cuda", torch.float16), ("cuda", torch.bfloat16)]
+    return pairs

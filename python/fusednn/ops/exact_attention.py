@@ -323,23 +323,31 @@ def attention(
                                                  deterministic)
     args.boolean("return_lse", return_lse)
     bias = _check_bias(args, "attn_bias", attn_bias, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), q.device)
-    out, lse = _dense_attention(ATTENTION, q, k, v, bias, left, right, scale, softcap, float(dropout_p),
-                                deterministic, alignment)
+    out, lse = _attend(ATTENTION, q, k, v, bias, None, left, right, scale, softcap, float(dropout_p), deterministic,
+                       alignment)
     return (out, lse) if return_lse else out
 
 
-def _dense_attention(info: registry.OpInfo, q, k, v, bias, left, right, scale, softcap, dropout_p, deterministic,
-                     alignment) -> tuple[Tensor, Tensor]:
-    """Validated [B, H, T, D] attention: the kernel, or the reference where no kernel serves."""
+def _attend(info: registry.OpInfo, q, k, v, bias, packed, left, right, scale, softcap, dropout_p, deterministic,
+            alignment) -> tuple[Tensor, Tensor]:
+    """Validated attention: the kernel, or the reference where no kernel serves. ``packed`` is
+    None for [B, H, T, D] inputs, else (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    for [total, H, D] ones. Returns (out, lse) as the registered op does."""
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if info.select(q.device, q.dtype) == "reference":
-        return _reference.attention(
-            q, k, v, causal=False, window=_window_for_reference(left, right), scale=scale, softcap=softcap or None,
-            attn_bias=bias, dropout_p=dropout_p, return_lse=True, alignment=alignment,
-        )
+        options = dict(window=_window_for_reference(left, right), scale=scale, softcap=softcap or None,
+                       dropout_p=dropout_p, return_lse=True, alignment=alignment)
+        if packed is None:
+            return _reference.attention(q, k, v, attn_bias=bias, **options)
+        out, lse = _reference.attention_varlen(q, k, v, *packed, **options)
+        return out, lse.unsqueeze(0)
     q, k, v = (_runtime.unit_last_stride(t) for t in (q, k, v))
-    options = Options(None, None, q.shape[2], k.shape[2], scale, softcap, left, right, alignment == "bottom_right",
-                      dropout_p, _draw_seed(dropout_p, q.device), deterministic)
+    if packed is None:
+        packed = (None, None, q.shape[2], k.shape[2])
+    else:
+        packed = (packed[0].to(torch.int32), packed[1].to(torch.int32), *packed[2:])
+    options = Options(*packed, scale, softcap, left, right, alignment == "bottom_right", dropout_p,
+                      _draw_seed(dropout_p, q.device), deterministic)
     return torch.ops.fusednn.attention_forward(q, k, v, bias, *options.values())
 
 
@@ -382,19 +390,8 @@ def attention_varlen(
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise args.error("cu_seqlens_k", f"offsets of as many sequences as cu_seqlens_q ({cu_seqlens_q.numel() - 1})",
                          f"{cu_seqlens_k.numel() - 1} sequences")
-    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    dropout_p = float(dropout_p)
-    if ATTENTION_VARLEN.select(q.device, q.dtype) == "reference":
-        out, lse = _reference.attention_varlen(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window=_window_for_reference(left, right),
-            scale=scale, softcap=softcap or None, dropout_p=dropout_p, return_lse=True, alignment=alignment,
-        )
-        return (out, lse) if return_lse else out
-    q, k, v = (_runtime.unit_last_stride(t) for t in (q, k, v))
-    options = Options(cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), max_seqlen_q, max_seqlen_k, scale,
-                      softcap, left, right, alignment == "bottom_right", dropout_p, _draw_seed(dropout_p, q.device),
-                      deterministic)
-    out, lse = torch.ops.fusednn.attention_forward(q, k, v, None, *options.values())
+    out, lse = _attend(ATTENTION_VARLEN, q, k, v, None, (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
+                       left, right, scale, softcap, float(dropout_p), deterministic, alignment)
     return (out, lse[0]) if return_lse else out
 
 
@@ -454,8 +451,7 @@ def scaled_dot_product_attention(
         full = (*batch, heads_q, q.shape[-2], k.shape[-2])
         mask = _check_bias(args, "attn_mask", attn_mask, full, query.device)
         bias = mask.reshape(n, heads_q, q.shape[-2], k.shape[-2])
-    out, _lse = _dense_attention(SDPA, q4, k4, v4, bias, left, right, scale, softcap, float(dropout_p), False,
-                                 "top_left")
+    out, _lse = _attend(SDPA, q4, k4, v4, bias, None, left, right, scale, softcap, float(dropout_p), False, "top_left")
     return _restore_rank(out.reshape(*batch, heads_q, q.shape[-2], v.shape[-1]), query, key, value)
 
 

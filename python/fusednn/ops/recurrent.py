@@ -24,8 +24,9 @@ __all__ = ["lstm", "lstm_cell"]
 
 
 def _validate(args: Args, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, x_doc: str, state_names: tuple[str, str]):
-    """Checks every argument; returns (h0, c0), zeros when hx is None."""
-    args.tensor("x", x, x_doc, ndim=len(x_doc.split(",")))
+    """Checks every argument; returns (h0, c0), zeros when hx is None. ``x_doc`` is x's layout,
+    ``[T, B, I]`` (a sequence) or ``[B, I]`` (one step)."""
+    args.tensor("x", x, x_doc, ndim=x_doc.count(",") + 1)
     args.tensor("w_ih", w_ih, "[4H, I]", ndim=2, like=x, like_name="x")
     if w_ih.shape[0] % 4 != 0 or w_ih.shape[0] == 0:
         raise args.error("w_ih", "[4H, I] with H >= 1", shape_of(w_ih))
