@@ -26,9 +26,10 @@ Family modules are found by name, so no other list names the op.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+import torch.utils._pytree
 
 from . import _runtime
 from ._validate import dtype_list, dtype_name
@@ -224,6 +225,40 @@ def get(name: str) -> OpInfo:
 def ops(family: Optional[str] = None) -> list[OpInfo]:
     """Every registered op (of one family), in registration order."""
     return [info for info in _OPS.values() if family is None or info.family == family]
+
+
+def differentiable_backward(reference: Callable, inputs: Sequence, needs_input_grad: Sequence[bool],
+                            grad_outputs: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
+    """The first gradient as a differentiable function, for a backward called with
+    ``create_graph=True`` (grad mode on inside it) whose fused formula is not differentiable.
+
+    Recomputes the op's differentiable outputs with ``reference(*inputs)`` (plain PyTorch,
+    so autograd knows every step) from the inputs the forward saved, and returns autograd's
+    gradients of them with a graph: to the inputs and to ``grad_outputs``, so second
+    derivatives (gradgradcheck, gradient penalties, Hessian-vector products) are exact.
+    ``grad_outputs`` follow the reference's outputs in pytree order (None: no gradient
+    flows into that output). Returns one entry per input: the gradient where
+    ``needs_input_grad`` (zeros where the outputs do not depend on it), else None.
+    Costs the reference's forward and backward: first-order gradients never come here.
+    """
+    with torch.enable_grad():
+        outputs = torch.utils._pytree.tree_leaves(reference(*inputs))
+    if len(outputs) != len(grad_outputs):
+        raise RuntimeError(f"differentiable_backward: the reference has {len(outputs)} outputs, "
+                           f"{len(grad_outputs)} gradients given")
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
+    wanted = [i for i, needed in enumerate(needs_input_grad) if needed]
+    result: list[Optional[torch.Tensor]] = [None] * len(inputs)
+    if not wanted:
+        return result
+    if pairs:
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+                                    create_graph=True, allow_unused=True)
+    else:
+        grads = [None] * len(wanted)
+    for i, grad in zip(wanted, grads):
+        result[i] = torch.zeros_like(inputs[i]) if grad is None else grad
+    return result
 
 
 def check_no_double_backward(op: str) -> None:

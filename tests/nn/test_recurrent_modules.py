@@ -182,3 +182,40 @@ def test_lstm_cell_state_dict_and_bad_inputs():
         fused(x, (torch.randn(2, 5), torch.randn(2, 6)))
     with pytest.raises(RuntimeError):  # catchable as torch's RuntimeError too
         fused(torch.randn(2, 6))
+
+
+def _gradient_penalty(module, x, hx):
+    """d/dparams of |d(sum of outputs)/dx|^2: needs the gradient to be differentiable."""
+    out = module(x, hx)
+    flat = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    (gx,) = torch.autograd.grad(sum(t.sum() for t in flat), x, create_graph=True)
+    return torch.autograd.grad(gx.square().sum(), [x, *module.parameters()], allow_unused=True)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_second_derivatives_match_torch(cls):
+    """create_graph=True gives a first gradient with a graph: a gradient penalty gets the
+    same second derivatives as torch's module."""
+    kwargs = dict(num_layers=2, bidirectional=True) if cls == "LSTM" else {}
+    ours, theirs = _pair(getattr(torch.nn, cls), getattr(fusednn.nn, cls), 3, 4, **kwargs)
+    if cls == "LSTM":
+        x, hx = _randn(5, 2, 3), (_randn(4, 2, 4), _randn(4, 2, 4))
+    else:
+        x, hx = _randn(2, 3), (_randn(2, 4), _randn(2, 4))
+    names = ["x", *(name for name, _ in ours.named_parameters())]
+    for name, a, b in zip(names, _gradient_penalty(ours, x, hx), _gradient_penalty(theirs, x, hx)):
+        assert b is not None and b.abs().max() > 0, name
+        testing.assert_close(a, b, name=f"second derivative by {name}")
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_weight_gradients_are_contiguous(cls):
+    """Every parameter gradient has its parameter's (contiguous) strides, as torch's."""
+    kwargs = dict(num_layers=2, proj_size=2) if cls == "LSTM" else {}
+    ours, theirs = _pair(getattr(torch.nn, cls), getattr(fusednn.nn, cls), 5, 3, **kwargs)
+    x = _randn(4, 2, 5) if cls == "LSTM" else _randn(2, 5)
+    for module in (ours, theirs):
+        torch.utils._pytree.tree_leaves(module(x))[0].sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert p.grad.is_contiguous() and p.grad.stride() == q.grad.stride(), name
+        testing.assert_close(p.grad, q.grad, name=name)

@@ -5,7 +5,9 @@ the input projection of every step as one GEMM, then per step one GEMM
 ``h_{t-1} W_hh^T`` (plus ``m_t W_hr^T`` with a projection) and one fused pointwise
 kernel. ``fusednn::lstm_backward`` walks back with one fused pointwise kernel and
 one GEMM per step and forms the weight gradients as single GEMMs over all steps.
-Autograd is registered with ``torch.library.register_autograd``.
+Autograd is registered with ``torch.library.register_autograd``. A gradient asked for
+with ``create_graph=True`` (double backward) is computed by autograd through the
+reference instead (``registry.differentiable_backward``), so it is differentiable.
 """
 
 from __future__ import annotations
@@ -112,22 +114,33 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.batch_sizes = batch_sizes
     ctx.saved_workspace = save_workspace
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden)
+    # The biases are kept only for double backward (references, no memory).
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, hidden)
 
 
 def _backward(ctx, grad_y, grad_h_n, grad_c_n, *_workspace_grads):
-    registry.check_no_double_backward("lstm")
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, hidden = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True: a differentiable first gradient, by autograd through the reference.
+        def recompute(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+            return reference.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr, ctx.batch_sizes)
+
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        grads = registry.differentiable_backward(recompute, inputs, ctx.needs_input_grad[:8],
+                                                 (grad_y, grad_h_n, grad_c_n))
+        return (*grads, None, None)
     if not ctx.saved_workspace:
         raise RuntimeError(
             "fusednn::lstm_forward ran with save_workspace=False, so it cannot be differentiated; "
             "call fusednn.ops.lstm, which saves the workspace whenever a gradient is needed"
         )
-    x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grad_x, grad_h0, grad_c0, grad_w_ih_hh, grad_bias, grad_w_hr = torch.ops.fusednn.lstm_backward(
         grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, ctx.batch_sizes, y, gates, cells, hidden, needs[0]
     )
-    grad_w_ih, grad_w_hh = grad_w_ih_hh.split([w_ih.shape[1], w_hh.shape[1]], dim=1)
+    # One GEMM gives [dW_ih | dW_hh]; each comes back contiguous, as torch's weight gradients
+    # (optimizers and DDP's gradient buckets expect it). The copy is O(weights).
+    grad_w_ih, grad_w_hh = (g.contiguous() for g in grad_w_ih_hh.split([w_ih.shape[1], w_hh.shape[1]], dim=1))
     return (
         grad_x if needs[0] else None,
         grad_h0 if needs[1] else None,
@@ -218,12 +231,12 @@ _KERNELS = (registry.Kernel("cuda", FLOAT_DTYPES), registry.Kernel("cpu", FLOAT_
 LSTM = registry.register(registry.OpInfo(
     name="lstm", family="recurrent", function=lstm, reference=reference.lstm, kernels=_KERNELS,
     samples=_cases.lstm_samples, bad_inputs=_cases.lstm_bad_inputs, outputs=("y", "h_n", "c_n"),
-    input_names={"hx[0]": "h0", "hx[1]": "c0"},
+    input_names={"hx[0]": "h0", "hx[1]": "c0"}, double_backward=True,
     baseline=reference.torch_lstm, bench=_cases.BENCH_SHAPES,
 ))
 LSTM_CELL = registry.register(registry.OpInfo(
     name="lstm_cell", family="recurrent", function=lstm_cell, reference=reference.lstm_cell, kernels=_KERNELS,
     samples=_cases.lstm_cell_samples, bad_inputs=_cases.lstm_cell_bad_inputs, outputs=("h", "c"),
-    input_names={"hx[0]": "h", "hx[1]": "c"},
+    input_names={"hx[0]": "h", "hx[1]": "c"}, double_backward=True,
     baseline=reference.torch_lstm_cell,
 ))
