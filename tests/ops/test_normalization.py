@@ -139,11 +139,12 @@ def test_registered_schemas():
     schemas = {name: str(getattr(torch.ops.fusednn, name).default._schema) for name in (
         "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward")}
     assert schemas["layer_norm_forward"] == (
-        "fusednn::layer_norm_forward(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)"
+        "fusednn::layer_norm_forward(Tensor x, SymInt normalized_ndim, Tensor? weight, Tensor? bias, float eps) "
+        "-> (Tensor, Tensor, Tensor)"
     )
     assert schemas["rms_norm_backward"] == (
-        "fusednn::rms_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor rstd, bool weight_grad) "
-        "-> (Tensor, Tensor)"
+        "fusednn::rms_norm_backward(Tensor grad_y, Tensor x, SymInt normalized_ndim, Tensor? weight, Tensor rstd, "
+        "bool weight_grad) -> (Tensor, Tensor)"
     )
 
 
@@ -151,3 +152,52 @@ def test_forced_triton_without_a_device_raises(monkeypatch):
     monkeypatch.setattr(_runtime, "interpreter_enabled", lambda: False)
     with fusednn.use_backend("triton"), pytest.raises(NotImplementedError, match="layer_norm.*triton"):
         fusednn.ops.layer_norm(torch.randn(2, 5), 5)
+
+
+_LAYOUTS = {
+    "channels_last": lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+    "channels_last_3d": lambda: torch.randn(2, 3, 2, 4, 5).to(memory_format=torch.channels_last_3d),
+    "transposed": lambda: torch.randn(3, 2, 5).transpose(0, 1),
+    "strided": lambda: torch.randn(2, 3, 10)[..., ::2],
+}
+
+
+@pytest.mark.parametrize("layout", _LAYOUTS)
+@pytest.mark.parametrize("normalized_ndim", [1, 2])
+@pytest.mark.parametrize("op", OPS)
+def test_output_and_gradient_layouts_follow_torch(op, normalized_ndim, layout):
+    """y, grad x and the parameter gradients have torch's strides: rms_norm keeps a
+    channels_last x's format, layer_norm returns contiguous tensors, parameter gradients
+    are contiguous."""
+    for device, dtype in _kernel_pairs(op):
+        x = _LAYOUTS[layout]().to(device=device, dtype=dtype).requires_grad_()
+        shape = x.shape[x.dim() - normalized_ndim:]
+        params = _params(op, shape, dtype, device)
+        ours = getattr(fusednn.ops, op)(x, shape, **params)
+        theirs = getattr(F, op)(x, shape, **params)
+        assert ours.stride() == theirs.stride(), (device, dtype)
+        rtol = testing.RTOL.get(dtype)
+        if rtol is not None:  # the values of low precisions are the registry's 2x rule's business
+            assert_close(ours, theirs, name="y", rtol=rtol)
+        grad = torch.rand_like(theirs)
+        ours_grads = torch.autograd.grad(ours, [x, *params.values()], grad)
+        theirs_grads = torch.autograd.grad(theirs, [x, *params.values()], grad)
+        for name, a, b in zip(["x", *params], ours_grads, theirs_grads):
+            assert a.stride() == b.stride(), (name, device, dtype)
+            if rtol is not None:
+                assert_close(a, b, name=f"grad {name}", rtol=rtol * 10)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_double_backward_matches_torch(op):
+    """A gradient penalty: d/dparams of |dy/dx . g|^2 agrees with torch's own functions."""
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    params = _params(op, (7,))
+    grad = torch.randn(3, 7, dtype=torch.float64)
+    results = []
+    for function in (getattr(fusednn.ops, op), getattr(F, op)):
+        (gx,) = torch.autograd.grad(function(x, (7,), **params), x, grad, create_graph=True)
+        results.append(torch.autograd.grad(gx.square().sum(), [x, params["weight"]]))
+    for name, a, b in zip(["x", "weight"], *results):
+        assert b.abs().max() > 0
+        assert_close(a, b, name=f"second derivative by {name}", rtol=1e-10)

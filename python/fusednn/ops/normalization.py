@@ -1,19 +1,29 @@
 """LayerNorm and RMSNorm: fused Triton kernels (``fusednn.kernels.normalization``) as
 autograd-aware ops with the semantics of ``torch.nn.functional.layer_norm`` / ``rms_norm``.
 
-Registered ops (all on 2-D inputs: the public functions flatten the leading dims into
-M rows and the ``normalized_shape`` dims into N columns):
+Registered ops. x is ``[..., *normalized_shape]`` with ``normalized_ndim`` trailing
+normalized dims: the kernels see M rows (the leading dims) of N columns (the normalized
+ones); weight and bias have the normalized shape.
 
-* ``fusednn::layer_norm_forward(Tensor x, Tensor? weight, Tensor? bias, float eps)
-  -> (Tensor y, Tensor mean, Tensor rstd)``
-* ``fusednn::layer_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor mean,
-  Tensor rstd, bool weight_grad, bool bias_grad) -> (Tensor grad_x, Tensor grad_weight,
-  Tensor grad_bias)``
-* ``fusednn::rms_norm_forward(Tensor x, Tensor? weight, float eps) -> (Tensor y, Tensor rstd)``
-* ``fusednn::rms_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor rstd,
-  bool weight_grad) -> (Tensor grad_x, Tensor grad_weight)``
+* ``fusednn::layer_norm_forward(Tensor x, int normalized_ndim, Tensor? weight, Tensor? bias,
+  float eps) -> (Tensor y, Tensor mean, Tensor rstd)``
+* ``fusednn::layer_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor? weight,
+  Tensor mean, Tensor rstd, bool weight_grad, bool bias_grad) -> (Tensor grad_x,
+  Tensor grad_weight, Tensor grad_bias)``
+* ``fusednn::rms_norm_forward(Tensor x, int normalized_ndim, Tensor? weight, float eps)
+  -> (Tensor y, Tensor rstd)``
+* ``fusednn::rms_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor? weight,
+  Tensor rstd, bool weight_grad) -> (Tensor grad_x, Tensor grad_weight)``
 
 Gradients that are not requested come back as empty ``[0]`` tensors.
+
+Layout, as torch's: layer_norm's y and grad_x are contiguous; rms_norm's keep x's memory
+format (a channels_last x gives channels_last y and grad_x; any other x gives contiguous
+ones). An x whose normalized dims are not unit-stride rows (channels_last is one) is
+copied into rows first, and a channels_last result costs one more copy.
+
+Double backward: with ``create_graph=True`` the backward is autograd through the
+reference (``registry.differentiable_backward``), so the first gradient is differentiable.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch._prims_common import suggest_memory_format
 
 from fusednn import _runtime, registry
 from fusednn import reference as _reference
@@ -38,58 +49,76 @@ __all__ = ["layer_norm", "rms_norm"]
 # --------------------------------------------------------------------------- shared implementation
 
 
-def _stats_empty(x: Tensor) -> Tensor:
-    return x.new_empty((x.shape[0],), dtype=accumulate_dtype(x.dtype))
+def _row_count(x: Tensor, normalized_ndim: int) -> int:
+    return math.prod(x.shape[: x.dim() - normalized_ndim])
 
 
-def _norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, rms: bool):
-    x = _runtime.unit_last_stride(x)
-    n_rows, n_cols = x.shape
+def _as_rows(x: Tensor, normalized_ndim: int) -> Tensor:
+    """x as [M, N] with unit column stride: a view where the strides allow, else a copy."""
+    rows = x.reshape(_row_count(x, normalized_ndim), math.prod(x.shape[x.dim() - normalized_ndim:]))
+    return _runtime.unit_last_stride(rows)
+
+
+def _layout(x: Tensor, rms: bool) -> torch.memory_format:
+    """The memory format of y and grad_x: torch's layer_norm gives contiguous ones, its
+    rms_norm (elementwise ops) keeps x's suggested format (channels_last, channels_last_3d)."""
+    return suggest_memory_format(x) if rms else torch.contiguous_format
+
+
+def _shaped_like(rows: Tensor, x: Tensor, rms: bool) -> Tensor:
+    """A contiguous [M, N] result as a tensor of x's shape in ``_layout(x, rms)``."""
+    out = rows.view(x.shape)
+    fmt = _layout(x, rms)
+    return out if fmt == torch.contiguous_format else out.contiguous(memory_format=fmt)
+
+
+def _empty_like_result(x: Tensor, rms: bool) -> Tensor:
+    return torch.empty_like(x, memory_format=_layout(x, rms))
+
+
+def _stats_empty(x: Tensor, normalized_ndim: int) -> Tensor:
+    return x.new_empty((_row_count(x, normalized_ndim),), dtype=accumulate_dtype(x.dtype))
+
+
+def _flat(param: Optional[Tensor]) -> Optional[Tensor]:
+    return param.reshape(-1).contiguous() if param is not None else None
+
+
+def _norm_forward(x: Tensor, normalized_ndim: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                  rms: bool):
+    rows = _as_rows(x, normalized_ndim)
+    n_rows, n_cols = rows.shape
     y = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     stat_dtype = accumulate_dtype(x.dtype)
     # Rows of zero width have no statistics; define them as mean 0, rstd 0.
     allocate_stats = torch.zeros if n_cols == 0 else _runtime.empty
     mean = None if rms else allocate_stats((n_rows,), dtype=stat_dtype, device=x.device)
     rstd = allocate_stats((n_rows,), dtype=stat_dtype, device=x.device)
-    _kernels.norm_forward(
-        x,
-        weight.contiguous() if weight is not None else None,
-        bias.contiguous() if bias is not None else None,
-        eps,
-        rms=rms,
-        y=y,
-        mean=mean,
-        rstd=rstd,
-    )
-    return y, mean, rstd
+    _kernels.norm_forward(rows, _flat(weight), _flat(bias), eps, rms=rms, y=y, mean=mean, rstd=rstd)
+    return _shaped_like(y, x, rms), mean, rstd
 
 
-def _norm_backward(grad_y, x, weight, mean, rstd, rms, weight_grad, bias_grad):
+def _norm_backward(grad_y, x, normalized_ndim, weight, mean, rstd, rms, weight_grad, bias_grad):
     if weight_grad and weight is None:
         raise ValueError("weight_grad=True needs a weight")
-    x = _runtime.unit_last_stride(x)
-    grad_y = _runtime.unit_last_stride(grad_y)
-    grad_x = _runtime.empty(x.shape, dtype=x.dtype, device=x.device)
+    rows = _as_rows(x, normalized_ndim)
+    grad_rows = _as_rows(grad_y, normalized_ndim)
+    grad_x = _runtime.empty(rows.shape, dtype=x.dtype, device=x.device)
     dweight, dbias = _kernels.norm_backward(
-        grad_y,
-        x,
-        weight.contiguous() if weight is not None else None,
-        mean,
-        rstd,
-        rms=rms,
-        grad_x=grad_x,
-        weight_grad=weight_grad,
+        grad_rows, rows, _flat(weight), mean, rstd, rms=rms, grad_x=grad_x, weight_grad=weight_grad,
         bias_grad=bias_grad,
     )
-    grad_weight = dweight.to(weight.dtype) if weight_grad else x.new_empty(0)
-    grad_bias = dbias if bias_grad else x.new_empty(0)  # accumulator dtype; autograd casts to bias's
-    return grad_x, grad_weight, grad_bias
+    grad_weight = dweight.to(weight.dtype).view(weight.shape) if weight_grad else x.new_empty(0)
+    # The bias gradient stays in the accumulator dtype; autograd casts it to the bias's.
+    grad_bias = dbias.view(x.shape[x.dim() - normalized_ndim:]) if bias_grad else x.new_empty(0)
+    return _shaped_like(grad_x, x, rms), grad_weight, grad_bias
 
 
-def _norm_backward_fake(x, weight, weight_grad, bias_grad):
+def _norm_backward_fake(x, normalized_ndim, weight, weight_grad, bias_grad, rms):
     grad_weight = weight.new_empty(weight.shape) if weight_grad else x.new_empty(0)
-    grad_bias = x.new_empty((x.shape[1],), dtype=accumulate_dtype(x.dtype)) if bias_grad else x.new_empty(0)
-    return x.new_empty(x.shape), grad_weight, grad_bias
+    normalized = x.shape[x.dim() - normalized_ndim:]
+    grad_bias = x.new_empty(normalized, dtype=accumulate_dtype(x.dtype)) if bias_grad else x.new_empty(0)
+    return _empty_like_result(x, rms), grad_weight, grad_bias
 
 
 # --------------------------------------------------------------------------- LayerNorm ops
@@ -97,26 +126,28 @@ def _norm_backward_fake(x, weight, weight_grad, bias_grad):
 
 @torch.library.triton_op("fusednn::layer_norm_forward", mutates_args=())
 def layer_norm_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+    x: Tensor, normalized_ndim: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """LayerNorm over the rows of x.
+    """LayerNorm over the trailing ``normalized_ndim`` dims of x.
 
-    x: [M, N] float16/bfloat16/float32/float64; weight, bias: [N] of any float dtype or None.
-    Returns y [M, N] (x's dtype, contiguous), mean [M] and rstd [M] (float32; float64 for
-    float64 x), which the backward uses.
+    x: [..., *normalized_shape] float16/bfloat16/float32/float64, any strides; weight, bias:
+    normalized_shape of any float dtype, or None. Returns y (x's shape and dtype,
+    contiguous), mean [M] and rstd [M] (float32; float64 for float64 x; M = the number of
+    rows), which the backward uses.
     """
-    return _norm_forward(x, weight, bias, eps, rms=False)
+    return _norm_forward(x, normalized_ndim, weight, bias, eps, rms=False)
 
 
 @layer_norm_forward.register_fake
-def _(x, weight, bias, eps):
-    return x.new_empty(x.shape), _stats_empty(x), _stats_empty(x)
+def _(x, normalized_ndim, weight, bias, eps):
+    return _empty_like_result(x, False), _stats_empty(x, normalized_ndim), _stats_empty(x, normalized_ndim)
 
 
 @torch.library.triton_op("fusednn::layer_norm_backward", mutates_args=())
 def layer_norm_backward(
     grad_y: Tensor,
     x: Tensor,
+    normalized_ndim: int,
     weight: Optional[Tensor],
     mean: Tensor,
     rstd: Tensor,
@@ -125,39 +156,49 @@ def layer_norm_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of layer_norm_forward.
 
-    grad_y, x: [M, N]; weight: [N] or None; mean, rstd: [M] from the forward.
-    Returns grad_x [M, N], grad_weight [N] in weight's dtype (``[0]`` unless weight_grad),
-    grad_bias [N] in float32 (float64 for float64 x; ``[0]`` unless bias_grad: the op does
-    not see the bias, so autograd casts it to the bias's dtype). Weight and bias gradients
-    are reduced in float32.
+    grad_y, x: [..., *normalized_shape]; weight: normalized_shape or None; mean, rstd: [M]
+    from the forward. Returns grad_x (x's shape, contiguous), grad_weight in weight's dtype
+    (``[0]`` unless weight_grad), grad_bias in float32 (float64 for float64 x; ``[0]``
+    unless bias_grad: the op does not see the bias, so autograd casts it to the bias's
+    dtype). Weight and bias gradients are reduced in float32.
     """
-    return _norm_backward(grad_y, x, weight, mean, rstd, False, weight_grad, bias_grad)
+    return _norm_backward(grad_y, x, normalized_ndim, weight, mean, rstd, False, weight_grad, bias_grad)
 
 
 @layer_norm_backward.register_fake
-def _(grad_y, x, weight, mean, rstd, weight_grad, bias_grad):
-    return _norm_backward_fake(x, weight, weight_grad, bias_grad)
+def _(grad_y, x, normalized_ndim, weight, mean, rstd, weight_grad, bias_grad):
+    return _norm_backward_fake(x, normalized_ndim, weight, weight_grad, bias_grad, False)
 
 
 def _layer_norm_setup_context(ctx, inputs, output):
-    x, weight, bias, _eps = inputs
+    x, normalized_ndim, weight, bias, eps = inputs
     _y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.normalized_ndim, ctx.eps = normalized_ndim, eps
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _layer_norm_autograd(ctx, grad_y, _grad_mean, _grad_rstd):
-    registry.check_no_double_backward("layer_norm")
-    x, weight, mean, rstd = ctx.saved_tensors
-    needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    needs_x, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+    nd = ctx.normalized_ndim
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable first gradient
+
+        def recompute(x, weight, bias):
+            return _reference.layer_norm(x, x.shape[x.dim() - nd:], weight, bias, ctx.eps)
+
+        grad_x, grad_weight, grad_bias = registry.differentiable_backward(
+            recompute, (x, weight, bias), (needs_x, needs_weight, needs_bias), (grad_y,))
+        return grad_x, None, grad_weight, grad_bias, None
     weight_grad = needs_weight and weight is not None
     bias_grad = needs_bias and ctx.bias_dtype is not None
     grad_x, grad_weight, grad_bias = torch.ops.fusednn.layer_norm_backward(
-        grad_y, x, weight, mean, rstd, weight_grad, bias_grad
+        grad_y, x, nd, weight, mean, rstd, weight_grad, bias_grad
     )
     return (
         grad_x if needs_x else None,
+        None,
         grad_weight if weight_grad else None,
         grad_bias.to(ctx.bias_dtype) if bias_grad else None,
         None,
@@ -171,55 +212,67 @@ layer_norm_forward.register_autograd(_layer_norm_autograd, setup_context=_layer_
 
 
 @torch.library.triton_op("fusednn::rms_norm_forward", mutates_args=())
-def rms_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
-    """RMSNorm over the rows of x.
+def rms_norm_forward(x: Tensor, normalized_ndim: int, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    """RMSNorm over the trailing ``normalized_ndim`` dims of x.
 
-    x: [M, N] float16/bfloat16/float32/float64; weight: [N] of any float dtype or None.
-    Returns y [M, N] (x's dtype, contiguous) and rstd [M] (float32; float64 for float64 x),
-    which the backward uses.
+    x: [..., *normalized_shape] float16/bfloat16/float32/float64, any strides; weight:
+    normalized_shape of any float dtype, or None. Returns y (x's shape and dtype, in x's
+    suggested memory format) and rstd [M] (float32; float64 for float64 x), which the
+    backward uses.
     """
-    y, _mean, rstd = _norm_forward(x, weight, None, eps, rms=True)
+    y, _mean, rstd = _norm_forward(x, normalized_ndim, weight, None, eps, rms=True)
     return y, rstd
 
 
 @rms_norm_forward.register_fake
-def _(x, weight, eps):
-    return x.new_empty(x.shape), _stats_empty(x)
+def _(x, normalized_ndim, weight, eps):
+    return _empty_like_result(x, True), _stats_empty(x, normalized_ndim)
 
 
 @torch.library.triton_op("fusednn::rms_norm_backward", mutates_args=())
 def rms_norm_backward(
-    grad_y: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor, weight_grad: bool
+    grad_y: Tensor, x: Tensor, normalized_ndim: int, weight: Optional[Tensor], rstd: Tensor, weight_grad: bool
 ) -> tuple[Tensor, Tensor]:
     """Gradients of rms_norm_forward.
 
-    grad_y, x: [M, N]; weight: [N] or None; rstd: [M] from the forward.
-    Returns grad_x [M, N] and grad_weight [N] (``[0]`` unless weight_grad; reduced in float32).
+    grad_y, x: [..., *normalized_shape]; weight: normalized_shape or None; rstd: [M] from
+    the forward. Returns grad_x (x's shape, in x's suggested memory format) and grad_weight
+    (``[0]`` unless weight_grad; reduced in float32).
     """
-    grad_x, grad_weight, _ = _norm_backward(grad_y, x, weight, None, rstd, True, weight_grad, False)
+    grad_x, grad_weight, _ = _norm_backward(grad_y, x, normalized_ndim, weight, None, rstd, True, weight_grad,
+                                            False)
     return grad_x, grad_weight
 
 
 @rms_norm_backward.register_fake
-def _(grad_y, x, weight, rstd, weight_grad):
-    grad_x, grad_weight, _ = _norm_backward_fake(x, weight, weight_grad, False)
+def _(grad_y, x, normalized_ndim, weight, rstd, weight_grad):
+    grad_x, grad_weight, _ = _norm_backward_fake(x, normalized_ndim, weight, weight_grad, False, True)
     return grad_x, grad_weight
 
 
 def _rms_norm_setup_context(ctx, inputs, output):
-    x, weight, _eps = inputs
+    x, normalized_ndim, weight, eps = inputs
     _y, rstd = output
     ctx.mark_non_differentiable(rstd)
     ctx.save_for_backward(x, weight, rstd)
+    ctx.normalized_ndim, ctx.eps = normalized_ndim, eps
 
 
 def _rms_norm_autograd(ctx, grad_y, _grad_rstd):
-    registry.check_no_double_backward("rms_norm")
     x, weight, rstd = ctx.saved_tensors
-    needs_x, needs_weight = ctx.needs_input_grad[:2]
+    needs_x, _, needs_weight, _ = ctx.needs_input_grad
+    nd = ctx.normalized_ndim
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable first gradient
+
+        def recompute(x, weight):
+            return _reference.rms_norm(x, x.shape[x.dim() - nd:], weight, ctx.eps)
+
+        grad_x, grad_weight = registry.differentiable_backward(recompute, (x, weight), (needs_x, needs_weight),
+                                                               (grad_y,))
+        return grad_x, None, grad_weight, None
     weight_grad = needs_weight and weight is not None
-    grad_x, grad_weight = torch.ops.fusednn.rms_norm_backward(grad_y, x, weight, rstd, weight_grad)
-    return grad_x if needs_x else None, grad_weight if weight_grad else None, None
+    grad_x, grad_weight = torch.ops.fusednn.rms_norm_backward(grad_y, x, nd, weight, rstd, weight_grad)
+    return grad_x if needs_x else None, None, grad_weight if weight_grad else None, None
 
 
 rms_norm_forward.register_autograd(_rms_norm_autograd, setup_context=_rms_norm_setup_context)
@@ -255,12 +308,6 @@ def _check_inputs(op: str, x, normalized_shape, params: dict, eps) -> tuple[int,
     return shape
 
 
-def _as_rows(x: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, int]:
-    """x as [M, N] (a view where the strides allow) and N."""
-    n_cols = math.prod(shape)
-    return x.reshape(math.prod(x.shape[: x.dim() - len(shape)]), n_cols), n_cols
-
-
 # --------------------------------------------------------------------------- public functions
 
 
@@ -276,20 +323,14 @@ def layer_norm(
 
     x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
     weight, bias: normalized_shape, any float dtype (e.g. float32 with bfloat16 x), x's device, or None.
-    Returns y with x's shape and dtype (contiguous). Mean and rstd are computed in float32
-    (float64 for float64 x); the backward saves x, weight, mean [M] and rstd [M].
+    Returns y with x's shape and dtype (contiguous, as torch's). Mean and rstd are computed in
+    float32 (float64 for float64 x); the backward saves x, weight, mean [M] and rstd [M].
     """
     shape = _check_inputs("layer_norm", x, normalized_shape, {"weight": weight, "bias": bias}, eps)
     if LAYER_NORM.select(x.device, x.dtype) == "reference":
         return _reference.layer_norm(x, shape, weight, bias, eps)
-    x2d, n_cols = _as_rows(x, shape)
-    y, _mean, _rstd = torch.ops.fusednn.layer_norm_forward(
-        x2d,
-        weight.reshape(n_cols) if weight is not None else None,
-        bias.reshape(n_cols) if bias is not None else None,
-        float(eps),
-    )
-    return y.view(x.shape)
+    y, _mean, _rstd = torch.ops.fusednn.layer_norm_forward(x, len(shape), weight, bias, float(eps))
+    return y
 
 
 def rms_norm(
@@ -304,7 +345,8 @@ def rms_norm(
     x: [..., *normalized_shape], float16/bfloat16/float32/float64, any strides.
     weight: normalized_shape, any float dtype, x's device, or None. eps None means torch's
     default: the machine epsilon of float32 (of float64 for float64 x), the precision the
-    statistics are computed in. Returns y with x's shape and dtype (contiguous). rstd is
+    statistics are computed in. Returns y with x's shape and dtype, in x's memory format
+    (channels_last stays channels_last, as torch's). rstd is
     computed in float32 (float64 for float64 x); the backward saves x, weight and rstd [M].
     """
     if eps is None and isinstance(x, Tensor) and x.dtype in FLOAT_DTYPES:
@@ -312,11 +354,8 @@ def rms_norm(
     shape = _check_inputs("rms_norm", x, normalized_shape, {"weight": weight}, eps)
     if RMS_NORM.select(x.device, x.dtype) == "reference":
         return _reference.rms_norm(x, shape, weight, eps)
-    x2d, n_cols = _as_rows(x, shape)
-    y, _rstd = torch.ops.fusednn.rms_norm_forward(
-        x2d, weight.reshape(n_cols) if weight is not None else None, float(eps)
-    )
-    return y.view(x.shape)
+    y, _rstd = torch.ops.fusednn.rms_norm_forward(x, len(shape), weight, float(eps))
+    return y
 
 
 # --------------------------------------------------------------------------- registry
@@ -326,12 +365,12 @@ _TRITON = registry.Kernel("triton", FLOAT_DTYPES, compile_variants=_kernels.comp
 LAYER_NORM = registry.register(registry.OpInfo(
     name="layer_norm", family="normalization", function=layer_norm, reference=_reference.layer_norm,
     kernels=(_TRITON,), samples=_cases.layer_norm_samples,
-    bad_inputs=_cases.layer_norm_bad_inputs, outputs=("y",),
+    bad_inputs=_cases.layer_norm_bad_inputs, outputs=("y",), double_backward=True,
     bench=_cases.BENCH_SHAPES,
 ))
 RMS_NORM = registry.register(registry.OpInfo(
     name="rms_norm", family="normalization", function=rms_norm, reference=_reference.rms_norm,
     kernels=(_TRITON,), samples=_cases.rms_norm_samples,
-    bad_inputs=_cases.rms_norm_bad_inputs, outputs=("y",),
+    bad_inputs=_cases.rms_norm_bad_inputs, outputs=("y",), double_backward=True,
     bench=_cases.BENCH_SHAPES,
 ))
