@@ -76,12 +76,6 @@ def test_matches_reference(op, sample, device, dtype):
 # --------------------------------------------------------------------------- opcheck
 
 
-def _is_triton_op(op) -> bool:
-    from torch._library.custom_ops import _maybe_get_opdef
-
-    return _maybe_get_opdef(op._name) is not None  # triton_ops are Python custom ops; C++ ops are not
-
-
 @pytest.mark.parametrize("device", testing.devices())
 @pytest.mark.parametrize("op, sample", _params(lambda s: s.opcheck, with_dtype=False))
 def test_opcheck(op, sample, device):
@@ -98,7 +92,7 @@ def test_opcheck(op, sample, device):
         if call.op in checked:
             continue
         checked.add(call.op)
-        testing.opcheck_call(call, triton=_is_triton_op(call.op))
+        testing.opcheck_call(call, triton=testing.is_triton_op(call.op))
 
 
 # --------------------------------------------------------------------------- gradients
@@ -219,7 +213,7 @@ def test_interpreter_never_gets_bfloat16(op, monkeypatch):
         info.select(cpu, torch.bfloat16)
     sample = next(s for s in info.samples() if s.low_precision)
     calls = testing.fusednn_calls(info, sample, "cpu", torch.bfloat16)
-    assert all(not _is_triton_op(c.op) for c in calls)
+    assert all(not testing.is_triton_op(c.op) for c in calls)
     testing.compare_sample(info, sample, "cpu", torch.bfloat16)
 
 

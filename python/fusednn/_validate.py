@@ -86,10 +86,16 @@ class Args:
 
     # ------------------------------------------------------------------ the message
 
-    def error(self, argument: str, expected: str, got: str, kind: type = ValueError) -> Exception:
+    def error(self, argument: str, expected: str, got: str, kind: type = ValueError, *,
+              torch_message: Optional[str] = None) -> Exception:
         """The exception to raise: ``<where>: <argument> must be <expected>; got <got>``.
-        ``kind`` ValueError or TypeError (raised as ArgumentError / ArgumentTypeError)."""
-        return _RAISED.get(kind, kind)(f"{self.where}: {argument} must be {expected}; got {got}")
+        ``kind`` ValueError or TypeError (raised as ArgumentError / ArgumentTypeError).
+        ``torch_message``: what torch's twin says for the same mistake, appended in brackets
+        so that code matching torch's message text matches ours too."""
+        message = f"{self.where}: {argument} must be {expected}; got {got}"
+        if torch_message:
+            message += f" [{torch_message}]"
+        return _RAISED.get(kind, kind)(message)
 
     def unsupported(self, what: str) -> NotImplementedError:
         return NotImplementedError(f"{self.where}: {what}")

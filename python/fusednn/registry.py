@@ -18,6 +18,9 @@ benchmark shapes. Everything else reads it:
 * ``python -m fusednn bench`` takes the benchmark shapes; the compile checks take the
   kernels' compile variants.
 
+Drop-in modules (``fusednn.nn``) register with the ``drop_in(twin)`` class decorator;
+``drop_ins()`` lists them for the module tests.
+
 Adding an op means: its kernel, its op module, its reference, one ``register(OpInfo(...))``
 call at the end of the op module, and its samples and bad inputs in ``fusednn.cases``.
 Family modules are found by name, so no other list names the op.
@@ -225,6 +228,54 @@ def get(name: str) -> OpInfo:
 def ops(family: Optional[str] = None) -> list[OpInfo]:
     """Every registered op (of one family), in registration order."""
     return [info for info in _OPS.values() if family is None or info.family == family]
+
+
+# --------------------------------------------------------------------------- drop-in modules
+
+
+@dataclasses.dataclass(frozen=True)
+class DropIn:
+    """A ``fusednn.nn`` module that replaces a torch module (its ``twin``): same constructor,
+    parameters, state_dict, inputs, outputs, errors and layouts. ``tests/test_module_db.py``
+    runs torch's generic module checks over it with torch's ModuleInfo for the twin and
+    compares it with the twin holding the same weights. ``forward_kwargs``: extra forward
+    keyword sets the checks also run with (each merged into every one of torch's inputs),
+    for paths torch's inputs do not reach (MultiheadAttention's ``need_weights=False``)."""
+
+    module: type
+    twin: type
+    forward_kwargs: tuple[dict, ...] = ()
+
+    @property
+    def qualified_name(self) -> str:
+        return f"fusednn.nn.{self.module.__name__}"
+
+
+_DROP_INS: dict[str, DropIn] = {}
+
+
+def drop_in(twin: type, *, forward_kwargs: tuple[dict, ...] = ()) -> Callable[[type], type]:
+    """Class decorator registering a ``fusednn.nn`` module as a drop-in for torch's ``twin``::
+
+        @registry.drop_in(torch.nn.LSTM)
+        class LSTM(torch.nn.LSTM): ...
+    """
+
+    def register_module(cls: type) -> type:
+        if cls.__name__ in _DROP_INS:
+            raise ValueError(f"fusednn.registry.drop_in: a module named {cls.__name__!r} is registered already")
+        _DROP_INS[cls.__name__] = DropIn(cls, twin, tuple(forward_kwargs))
+        return cls
+
+    return register_module
+
+
+def drop_ins() -> list[DropIn]:
+    """Every registered drop-in module, in registration order."""
+    return list(_DROP_INS.values())
+
+
+# --------------------------------------------------------------------------- double backward
 
 
 def differentiable_backward(reference: Callable, inputs: Sequence, needs_input_grad: Sequence[bool],

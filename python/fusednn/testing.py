@@ -388,6 +388,23 @@ class _Capture(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def is_triton_op(op) -> bool:
+    """True for a ``torch.ops.fusednn`` op made with ``torch.library.triton_op`` (a Python
+    custom op), False for a C++ one."""
+    from torch._library.custom_ops import _maybe_get_opdef
+
+    return _maybe_get_opdef(op._name) is not None
+
+
+@contextlib.contextmanager
+def recording_fusednn_calls() -> Iterator[list[CapturedCall]]:
+    """Records the ``torch.ops.fusednn`` ops called inside the block (below autograd);
+    yields the list it fills."""
+    capture = _Capture()
+    with capture:
+        yield capture.calls
+
+
 def fusednn_calls(info: OpInfo, sample: Sample, device, dtype: torch.dtype) -> list[CapturedCall]:
     """The registered fusednn ops a sample calls (forward, then backward), with their arguments."""
     inputs = Inputs(info.function, sample, dtype, device)

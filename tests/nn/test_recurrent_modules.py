@@ -171,15 +171,18 @@ def test_lstm_cell_state_dict_and_bad_inputs():
     x = torch.randn(2, 4)
     for a, e in zip(fused(x), cell(x)):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: input must be 1-D or 2-D .*; got shape \(1, 2, 4\)"):
+    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: input must be 1-D .* or 2-D .*; got shape \(1, 2, 4\)"):
         fused(torch.randn(1, 2, 4))
     # the module blames its input for a wrong feature size, not the op's weight argument
     with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: input must be \[B, input_size\] with input_size = 4; "
                                          r"got shape \(2, 6\)"):
         fused(torch.randn(2, 6))
-    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: hx\[0\] must be \[B, hidden_size\] = \(2, 6\); "
+    with pytest.raises(ValueError, match=r"fusednn.nn.LSTMCell: hx\[0\] must be \[B, hidden_size\] with hidden_size = 6; "
                                          r"got shape \(2, 5\)"):
         fused(x, (torch.randn(2, 5), torch.randn(2, 6)))
+    with pytest.raises(TypeError, match=r"fusednn.nn.LSTMCell: input must be of the module's dtype float32; got "
+                                        r"float64"):
+        fused(x.double())
     with pytest.raises(RuntimeError):  # catchable as torch's RuntimeError too
         fused(torch.randn(2, 6))
 

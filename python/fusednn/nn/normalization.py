@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from fusednn import ops
+from fusednn import ops, registry
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
+@registry.drop_in(torch.nn.LayerNorm)
 class LayerNorm(torch.nn.LayerNorm):
     """``torch.nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
     device=None, dtype=None)`` computed by ``fusednn.ops.layer_norm``.
@@ -24,6 +25,7 @@ class LayerNorm(torch.nn.LayerNorm):
         return ops.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
+@registry.drop_in(torch.nn.RMSNorm)
 class RMSNorm(torch.nn.RMSNorm):
     """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True, device=None,
     dtype=None)`` computed by ``fusednn.ops.rms_norm``.

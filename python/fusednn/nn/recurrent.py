@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import ops
-from .._validate import Args, describe, shape_of
+from .. import ops, registry
+from .._validate import Args, describe, dtype_name, shape_of
 
 __all__ = ["LSTM", "LSTMCell"]
 
@@ -31,6 +31,7 @@ def _reverse_index(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
     return torch.where(t < lengths, lengths - 1 - t, t).to(device)
 
 
+@registry.drop_in(torch.nn.LSTM)
 class LSTM(torch.nn.LSTM):
     """``torch.nn.LSTM`` (same arguments, parameters, inputs and outputs) on fused kernels.
 
@@ -128,21 +129,46 @@ class LSTM(torch.nn.LSTM):
         return output, (h_n, c_n)
 
 
+@registry.drop_in(torch.nn.LSTMCell)
 class LSTMCell(torch.nn.LSTMCell):
     """``torch.nn.LSTMCell`` (same arguments, parameters, inputs and outputs) on fused kernels."""
 
     def forward(self, input, hx=None):  # noqa: A002  (torch's argument name)
         args = Args("fusednn.nn.LSTMCell")
-        args.tensor("input", input, "[B, input_size] (or [input_size] unbatched)", ndim=(1, 2), dtypes=None)
-        if input.shape[-1] != self.input_size:
-            raise args.error("input", f"[B, input_size] with input_size = {self.input_size}", shape_of(input))
+        # torch's checks in torch's order, each message also carrying torch's own text.
+        args.tensor("input", input, dtypes=None)
+        if input.dim() not in (1, 2):
+            raise args.error("input", "1-D [input_size] or 2-D [B, input_size]", shape_of(input),
+                             torch_message=f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise args.error("hx", "a pair (h, c) of tensors or None", describe(hx), TypeError)
-            for name, state in zip(("hx[0]", "hx[1]"), hx):
-                args.tensor(name, state, "[B, hidden_size]", ndim=input.dim(), dtypes=None)
-                expected = (*input.shape[:-1], self.hidden_size)
-                args.shape(name, state, expected, "[B, hidden_size]" if input.dim() == 2 else "[hidden_size]")
+            for i, state in enumerate(hx):
+                args.tensor(f"hx[{i}]", state, dtypes=None)
+                if state.dim() not in (1, 2):
+                    raise args.error(f"hx[{i}]", "1-D [hidden_size] or 2-D [B, hidden_size]", shape_of(state),
+                                     torch_message=f"LSTMCell: Expected hx[{i}] to be 1D or 2D, got {state.dim()}D "
+                                                   "instead")
+        if input.shape[-1] != self.input_size:
+            raise args.error("input", f"[B, input_size] with input_size = {self.input_size}", shape_of(input),
+                             torch_message=f"input has inconsistent input_size: got {input.shape[-1]} expected "
+                                           f"{self.input_size}")
+        if hx is not None:
+            for i, state in enumerate(hx):
+                name, layout = f"hx[{i}]", "[B, hidden_size]" if input.dim() == 2 else "[hidden_size]"
+                if state.dim() != input.dim():
+                    raise args.error(name, f"{input.dim()}-D {layout} like input", shape_of(state))
+                if input.dim() == 2 and state.shape[0] != input.shape[0]:
+                    raise args.error(name, f"{layout} with B = {input.shape[0]} (input's batch)", shape_of(state),
+                                     torch_message=f"Input batch size {input.shape[0]} doesn't match hidden{i} batch "
+                                                   f"size {state.shape[0]}")
+                if state.shape[-1] != self.hidden_size:
+                    raise args.error(name, f"{layout} with hidden_size = {self.hidden_size}", shape_of(state),
+                                     torch_message=f"hidden{i} has inconsistent hidden_size: got {state.shape[-1]}, "
+                                                   f"expected {self.hidden_size}")
+        if input.dtype != self.weight_ih.dtype:
+            raise args.error("input", f"of the module's dtype {dtype_name(self.weight_ih.dtype)}",
+                             dtype_name(input.dtype), TypeError)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         if hx is None:

@@ -295,15 +295,21 @@ def _check_inputs(op: str, x, normalized_shape, params: dict, eps) -> tuple[int,
         raise args.error("normalized_shape", "an int or a sequence of ints", describe(normalized_shape), TypeError)
     if len(shape) == 0 or any(d < 0 for d in shape):
         raise args.error("normalized_shape", "non-empty with sizes >= 0", repr(shape))
+    listed = str(list(shape))
     if x.dim() < len(shape) or tuple(x.shape[-len(shape):]) != shape:
-        raise args.error("normalized_shape", f"the trailing dims of x (x has shape {tuple(x.shape)})", repr(shape))
+        star = "*, " if op == "layer_norm" else "*"  # torch's two spellings
+        raise args.error("normalized_shape", f"the trailing dims of x (x has shape {tuple(x.shape)})", repr(shape),
+                         torch_message=f"Given normalized_shape={listed}, expected input with shape "
+                                       f"[{star}{listed[1:-1]}], but got input of size{list(x.shape)}")
     for name, param in params.items():
         # Parameters may be of another float dtype than x (float32 parameters with bf16/fp16
         # activations, as in mixed-precision training), as torch's layer_norm/rms_norm allow.
         args.tensor(name, param, "of shape normalized_shape", optional=True, like=x, like_name="x",
                     same_dtype=False)
-        if param is not None:
-            args.shape(name, param, shape, "normalized_shape")
+        if param is not None and tuple(param.shape) != shape:
+            raise args.error(name, f"normalized_shape = {shape}", f"shape {tuple(param.shape)}",
+                             torch_message=f"Expected {name} to be of same shape as normalized_shape, but got {name} "
+                                           f"of shape {list(param.shape)} and normalized_shape = {listed}")
     args.real("eps", eps, minimum=0.0)
     return shape
 
