@@ -1,20 +1,25 @@
 """Exact attention beyond what every op gets from the registry (tests/test_registry.py):
 dropout (against the reference given the kernel's own mask), reproducibility, output
 gradients in other layouts, the packed layout's special cases, the float64 reference path,
-the reference against torch's SDPA, and the GPU-only checks (realistic sizes,
+the reference against torch's SDPA, scaled_dot_product_attention against torch's own
+(attn_mask with is_causal, CausalBias masks also under torch.compile, which mask tensors
+it takes, the RuntimeErrors torch code catches), and the GPU-only checks (realistic sizes,
 torch.compile, bitwise-deterministic gradients)."""
 
 import dataclasses
 import functools
 import math
+import warnings
 
 import pytest
 import torch
+import torch._dynamo
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
 import fusednn
 from fusednn import reference, registry, testing
-from fusednn.cases.exact_attention import cu_seqlens, qkv
+from fusednn.cases.exact_attention import cu_seqlens, qkv, strided_nested_tensor
 from fusednn.kernels import exact_attention as kernels
 from fusednn.ops.exact_attention import _draw_seed
 from fusednn.registry import Sample, View
@@ -100,7 +105,8 @@ def test_dropout_seed_follows_torch_generator(device):
     assert not torch.equal(fusednn.ops.attention(q, k, v, dropout_p=0.4), fusednn.ops.attention(q, k, v, dropout_p=0.4))
 
 
-@pytest.mark.parametrize("device, dtype", _pairs(torch.float32) + [pytest.param("cpu", torch.float64, id="cpu-float64")])
+@pytest.mark.parametrize("device, dtype",
+                         _pairs(torch.float32) + [pytest.param("cpu", torch.float64, id="cpu-float64")])
 def test_dropout_p_one_drops_everything(device, dtype):
     """As torch's dropout: p = 1 zeroes the output and every gradient (float64 inputs run the
     reference, which must keep the same promise)."""
@@ -281,7 +287,8 @@ def test_registered_schemas_list_the_options_once():
     forward = str(torch.ops.fusednn.attention_forward.default._schema)
     backward = str(torch.ops.fusednn.attention_backward.default._schema)
     options = ", ".join(f"{f.metadata['schema']} {f.name}" for f in dataclasses.fields(kernels.Options))
-    assert forward == f"fusednn::attention_forward(Tensor q, Tensor k, Tensor v, Tensor? bias, {options}) -> (Tensor, Tensor)"
+    assert forward == (f"fusednn::attention_forward(Tensor q, Tensor k, Tensor v, Tensor? bias, {options}) "
+                       "-> (Tensor, Tensor)")
     assert backward.endswith(f"Tensor? bias, bool bias_grad, {options}) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
@@ -359,3 +366,293 @@ def test_views_in_samples_keep_their_layout():
     assert isinstance(sample.args[0], View)
     args, _ = testing.Inputs(ATTENTION.function, sample, torch.float32, "cpu").build()
     assert not args[0].is_contiguous() and args[0].shape == (2, 2, 21, 16)
+
+
+# --------------------------------------------------------------------------- scaled_dot_product_attention as torch's
+
+
+def _sdpa_inputs(L, S, dtype, B=2, H=2, E=16, Ev=8):
+    shapes = ((B, H, L, E), (B, H, S, E), (B, H, S, Ev))
+    return [torch.randn(shape, dtype=torch.float64).to(dtype).requires_grad_() for shape in shapes]
+
+
+def _sdpa_against_torch(inputs, torch_kwargs, **ours_kwargs):
+    """(ours, torch's) outputs and input gradients: ours on ``inputs``, torch's own SDPA on float64
+    copies (the truth); the same output gradient for both."""
+    truth_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    ours = fusednn.ops.scaled_dot_product_attention(*inputs, **ours_kwargs)
+    theirs = F.scaled_dot_product_attention(*truth_inputs, **torch_kwargs)
+    grad_out = torch.randn(theirs.shape, dtype=torch.float64)
+    ours_grads = torch.autograd.grad(ours, inputs, grad_out.to(ours.dtype))
+    theirs_grads = torch.autograd.grad(theirs, truth_inputs, grad_out)
+    return [ours, *ours_grads], [theirs, *theirs_grads]
+
+
+# float64 runs the reference path, float32 the kernel (Triton's interpreter on the CPU)
+_SDPA_DTYPES = [pytest.param(torch.float64, id="float64-reference")] + [
+    pytest.param(torch.float32, id="cpu-float32") for pair in PAIRS if pair == ("cpu", torch.float32)]
+_LENGTHS = [pytest.param(13, 19, id="L<S"), pytest.param(17, 17, id="L=S"), pytest.param(19, 13, id="L>S")]
+
+
+@pytest.mark.parametrize("dtype", _SDPA_DTYPES)
+@pytest.mark.parametrize("L, S", _LENGTHS)
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_sdpa_mask_with_is_causal_matches_torch(mask_kind, L, S, dtype):
+    """attn_mask and is_causal together: torch's CPU flash kernel (its default for 4-D CPU inputs
+    and a mask without grad) applies both; fusednn must give the same."""
+    inputs = _sdpa_inputs(L, S, dtype, Ev=16)  # Ev = E: torch's CPU flash kernel takes only those
+    mask = (torch.rand(L, S) < 0.6) | torch.eye(L, S, dtype=torch.bool)
+    mask[4] = False  # a row no key is visible to: 0 from both
+    if mask_kind == "float":
+        mask = torch.randn(L, S, dtype=torch.float64).masked_fill(~mask, float("-inf"))
+    actual, expected = _sdpa_against_torch(inputs, dict(attn_mask=mask, is_causal=True),
+                                           attn_mask=mask.to(dtype) if mask_kind == "float" else mask, is_causal=True)
+    for name, a, e in zip(("output", "grad query", "grad key", "grad value"), actual, expected):
+        assert_close(a, e, name=name)
+    assert torch.all(actual[0][:, :, 4] == 0)
+
+
+@pytest.mark.parametrize("L, S", _LENGTHS)
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_reference_sdpa_mask_with_is_causal_is_torchs_cpu_kernel(mask_kind, L, S):
+    """The reference (torch's math backend, which refuses the combination) composes the mask
+    with the causal band; torch's default CPU path computes the same."""
+    q, k, v = (t.detach() for t in _sdpa_inputs(L, S, torch.float64, Ev=16))
+    mask = torch.rand(2, 1, L, S) < 0.6
+    if mask_kind == "float":
+        mask = torch.randn(2, 1, L, S, dtype=torch.float64).masked_fill(mask, float("-inf"))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+    assert_close(reference.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True), expected)
+
+
+_CAUSAL_BIASES = {"upper_left": causal_upper_left, "lower_right": causal_lower_right}
+
+
+def _causal_bias(variant, L, S):
+    with warnings.catch_warnings():  # lower-right with L > S: torch warns that its GPU kernels give NaN there
+        warnings.simplefilter("ignore")
+        return _CAUSAL_BIASES[variant](L, S)
+
+
+@pytest.mark.parametrize("dtype", _SDPA_DTYPES)
+@pytest.mark.parametrize("L, S", _LENGTHS)
+@pytest.mark.parametrize("variant", list(_CAUSAL_BIASES))
+def test_sdpa_causal_bias_matches_torch(variant, L, S, dtype):
+    """torch.nn.attention.bias.CausalBias as attn_mask runs as the causal band of its alignment.
+    Lower-right with L > S: the first L - S queries see no key; torch's CPU path (the
+    materialised mask through its math backend) gives them 0 too, so every row is compared."""
+    inputs = _sdpa_inputs(L, S, dtype)
+    bias = _causal_bias(variant, L, S)
+    actual, expected = _sdpa_against_torch(inputs, dict(attn_mask=bias), attn_mask=bias)
+    for name, a, e in zip(("output", "grad query", "grad key", "grad value"), actual, expected):
+        assert_close(a, e, name=name)
+    if variant == "lower_right" and L > S:
+        assert torch.all(actual[0][:, :, :L - S] == 0) and torch.all(actual[1][:, :, :L - S] == 0)
+
+
+def test_sdpa_causal_bias_runs_as_the_kernels_band():
+    """No mask tensor reaches the registered op: the band carries the alignment."""
+    calls = []
+    q, k, v = (t.detach() for t in _sdpa_inputs(5, 7, torch.float32))
+
+    class Record(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.fusednn.attention_forward.default:
+                calls.append(args)
+            return func(*args, **(kwargs or {}))
+
+    if not PAIRS:
+        pytest.skip("no Triton attention kernel runs here")
+    for variant, bottom_right in (("upper_left", False), ("lower_right", True)):
+        bias = _causal_bias(variant, 5, 7)  # made outside the mode, which would take its constructor's allocation
+        with Record():
+            fusednn.ops.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        options = kernels.Options(*calls[-1][4:])
+        assert calls[-1][3] is None  # no bias tensor
+        assert (options.window_right, options.bottom_right) == (0, bottom_right)
+
+
+def test_sdpa_causal_bias_with_is_causal_raises_as_torch():
+    q, k, v = (t.detach() for t in _sdpa_inputs(5, 7, torch.float64))
+    bias = causal_upper_left(5, 7)
+    with pytest.raises(ValueError):
+        F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=True)
+    with pytest.raises(ValueError, match=r"is_causal must be False with a CausalBias attn_mask"):
+        fusednn.ops.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=True)
+
+
+@pytest.mark.parametrize("L, S", [(5, 7), (7, 5)])
+def test_sdpa_causal_bias_of_other_lengths_names_attn_mask(L, S):
+    q, k, v = (t.detach() for t in _sdpa_inputs(L, S, torch.float64))
+    for bias in (causal_upper_left(L + 1, S), _causal_bias("lower_right", L, S - 1)):
+        with pytest.raises(ValueError, match=rf"attn_mask must be a CausalBias of query's and key's lengths "
+                                             rf"\(L, S\) = \({L}, {S}\); got a CausalBias"):
+            fusednn.ops.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _sdpa_loss(query, key, value, attn_mask):
+    out = fusednn.ops.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+    return (out * torch.arange(out.shape[-1], dtype=out.dtype)).sum()
+
+
+@pytest.mark.parametrize("dtype, backend", [
+    pytest.param(torch.float64, "aot_eager", id="float64-aot_eager", marks=pytest.mark.slow),  # about 4 s
+    # Triton's interpreter cannot run on the fake tensors aot_autograd traces with (CUDA runs it):
+    # dynamo's trace (fullgraph: no graph break) with the kernel run eagerly
+    pytest.param(torch.float32, "eager", id="float32-dynamo", marks=requires_kernel),
+])
+def test_sdpa_masks_under_torch_compile(dtype, backend):
+    """One graph (fullgraph) per mask kind; a CausalBias of the other variant recompiles (the
+    variant is guarded on), and plain masks and a learned bias (Parameter) still trace."""
+    torch._dynamo.reset()
+    compiled = torch.compile(_sdpa_loss, fullgraph=True, backend=backend)
+    for kind, (L, S) in (("upper_left", (5, 7)), ("lower_right", (5, 7)), ("lower_right", (7, 5)),
+                         ("float", (5, 7)), ("parameter", (5, 7))):
+        inputs = _sdpa_inputs(L, S, dtype)
+        if kind in _CAUSAL_BIASES:
+            mask = truth_mask = _causal_bias(kind, L, S)
+        else:
+            truth_mask = torch.randn(L, S, dtype=torch.float64)
+            mask = truth_mask.to(dtype)
+            mask = torch.nn.Parameter(mask) if kind == "parameter" else mask
+        got = compiled(*inputs, mask)
+        got_grads = torch.autograd.grad(got, inputs)
+        truth = [t.detach().double().requires_grad_() for t in inputs]
+        out = F.scaled_dot_product_attention(*truth, attn_mask=truth_mask)
+        want = (out * torch.arange(out.shape[-1], dtype=out.dtype)).sum()
+        want_grads = torch.autograd.grad(want, truth)
+        assert_close(got, want, name=f"{kind} {L}x{S}: loss")
+        for name, g, w in zip(("query", "key", "value"), got_grads, want_grads):
+            assert_close(g, w, name=f"{kind} {L}x{S}: grad {name}")
+
+
+class _DispatchWrapper(torch.Tensor):
+    """A wrapper subclass with a ``__torch_dispatch__`` of its own."""
+
+    @staticmethod
+    def __new__(cls, inner):
+        return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device=inner.device)
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        unwrap = lambda t: t.inner if isinstance(t, _DispatchWrapper) else t  # noqa: E731
+        return func(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in (kwargs or {}).items()})
+
+
+class _PlainSubclass(torch.Tensor):
+    """A subclass that overrides nothing: its values are its storage's."""
+
+
+def test_is_plain_tensor():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
+
+    from fusednn.cases.exact_attention import TensorWithOwnTorchFunction
+    from fusednn.ops.exact_attention import _is_plain_tensor
+
+    t = torch.randn(3, 4)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(t)
+    with FunctionalTensorMode():
+        functional = FunctionalTensor.to_functional(t)
+    nested = strided_nested_tensor([t, t])
+    plain = {"tensor": t, "parameter": torch.nn.Parameter(t), "fake": fake, "functional": functional,
+             "subclass-without-overrides": t.as_subclass(_PlainSubclass)}
+    not_plain = {"causal-bias": causal_upper_left(3, 4), "nested": nested,
+                 "jagged": torch.nested.nested_tensor([t, t[:2]], layout=torch.jagged),
+                 "own-torch-function": t.as_subclass(TensorWithOwnTorchFunction),
+                 "own-torch-dispatch": _DispatchWrapper(t)}
+    assert {name: _is_plain_tensor(x) for name, x in plain.items()} == dict.fromkeys(plain, True)
+    assert {name: _is_plain_tensor(x) for name, x in not_plain.items()} == dict.fromkeys(not_plain, False)
+
+
+def test_sdpa_refuses_mask_subclasses_naming_attn_mask():
+    q, k, v = (t.detach() for t in _sdpa_inputs(3, 4, torch.float64))
+    mask = torch.randn(3, 4, dtype=torch.float64)
+    nested = strided_nested_tensor([mask, mask])
+    for bad, got in ((_DispatchWrapper(mask), "_DispatchWrapper"), (nested, "a nested tensor")):
+        with pytest.raises(TypeError, match=rf"scaled_dot_product_attention: attn_mask must be a plain tensor "
+                                            rf"\(bool mask or float bias\), a torch.nn.attention.bias.CausalBias "
+                                            rf"or None; got .*{got}"):
+            fusednn.ops.scaled_dot_product_attention(q, k, v, attn_mask=bad)
+    with pytest.raises(TypeError, match=r"fusednn.ops.attention: attn_bias must be a plain tensor \(bool mask or "
+                                        r"float bias\) or None; got a torch.nn.attention.bias.CausalBias"):
+        fusednn.ops.attention(q, k, v, attn_bias=causal_upper_left(3, 4))
+
+
+def test_sdpa_learned_bias_parameter_gets_its_gradient():
+    q, k, v = (t.detach() for t in _sdpa_inputs(5, 7, torch.float64))
+    bias = torch.nn.Parameter(torch.randn(2, 1, 5, 7, dtype=torch.float64))
+    truth = bias.detach().clone().requires_grad_()
+    out = fusednn.ops.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=truth)
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    assert_close(out, expected)
+    assert_close(torch.autograd.grad(out, bias, grad_out)[0], torch.autograd.grad(expected, truth, grad_out)[0],
+                 name="grad attn_mask")
+
+
+def test_sdpa_mask_as_traced_by_export_and_make_fx():
+    """torch.export (non-strict) and make_fx hand the op FakeTensors: the mask is a plain tensor."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    q, k, v = (t.detach() for t in _sdpa_inputs(5, 7, torch.float64))
+    mask = torch.randn(5, 7, dtype=torch.float64)
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return fusednn.ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+
+    expected = reference.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+    exported = torch.export.export(Attend(), (q, k, v, mask), strict=False)
+    assert_close(exported.module()(q, k, v, mask), expected, name="exported")
+    traced = make_fx(Attend(), tracing_mode="fake")(q, k, v, mask)
+    assert_close(traced(q, k, v, mask), expected, name="make_fx")
+
+
+# name: (query, key, value shapes, kwargs); torch's SDPA raises RuntimeError for each
+_E = 8
+_TORCH_RUNTIME_ERRORS = {
+    "key-dtype": (((2, 4, 5, _E), (2, 4, 6, _E), (2, 4, 6, _E)), dict(key_dtype=torch.float64), "key"),
+    "value-dtype": (((2, 4, 5, _E), (2, 4, 6, _E), (2, 4, 6, _E)), dict(value_dtype=torch.float16), "value"),
+    "query-1d": (((_E,), (6, _E), (6, _E)), {}, "query"),
+    "all-1d": (((_E,), (_E,), (_E,)), {}, "query"),
+    "query-0d": (((), (6, _E), (6, _E)), {}, "query"),
+    "head-dims": (((2, 4, 5, _E), (2, 4, 6, 4), (2, 4, 6, _E)), {}, "key"),
+    "batch": (((2, 4, 5, _E), (3, 4, 6, _E), (3, 4, 6, _E)), {}, "key"),
+    "heads-without-gqa": (((2, 4, 5, _E), (2, 3, 6, _E), (2, 3, 6, _E)), {}, "key"),
+    "heads-gqa": (((2, 3, 5, _E), (2, 2, 6, _E), (2, 2, 6, _E)), dict(enable_gqa=True), "key"),
+    "mask-shape": (((2, 4, 5, _E), (2, 4, 6, _E), (2, 4, 6, _E)), dict(attn_mask=torch.zeros(4, 6)), "attn_mask"),
+    "mask-int": (((2, 4, 5, _E), (2, 4, 6, _E), (2, 4, 6, _E)),
+                 dict(attn_mask=torch.zeros(5, 6, dtype=torch.int32)), "attn_mask"),
+    "int-inputs": (((2, 4, 5, _E), (2, 4, 6, _E), (2, 4, 6, _E)), dict(dtype=torch.int64), "query"),
+    "dropout-above-1": (((2, 4, 5, _E), (2, 4, 6, _E), (2, 4, 6, _E)), dict(dropout_p=2.0), "dropout_p"),
+}
+
+
+@pytest.mark.parametrize("case", list(_TORCH_RUNTIME_ERRORS))
+def test_sdpa_raises_runtime_error_where_torch_does(case):
+    """Code written for torch catches RuntimeError; fusednn's errors are RuntimeErrors too
+    (ValueError / TypeError as well), with the message naming the argument."""
+    shapes, options, argument = _TORCH_RUNTIME_ERRORS[case]
+    options = dict(options)
+    dtype = options.pop("dtype", torch.float32)
+    dtypes = (dtype, options.pop("key_dtype", dtype), options.pop("value_dtype", dtype))
+    query, key, value = (torch.randn(shape).to(d) for shape, d in zip(shapes, dtypes))
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(query, key, value, **options)
+    with pytest.raises(RuntimeError, match=rf"^fusednn\.ops\.scaled_dot_product_attention: {argument} must be "):
+        fusednn.ops.scaled_dot_product_attention(query, key, value, **options)
+
+
+@pytest.mark.parametrize("op", ["attention", "attention_varlen", "scaled_dot_product_attention"])
+def test_every_bad_input_is_a_runtime_error(op):
+    """Every declared mistake raises an exception that is also a RuntimeError, as torch's would be."""
+    info = registry.get(op)
+    for bad in info.bad_inputs():
+        with pytest.raises(bad.error) as raised:
+            info.function(*bad.args, **bad.kwargs)
+        assert isinstance(raised.value, RuntimeError), (bad.name, type(raised.value))

@@ -8,7 +8,10 @@ directions, with odd lengths and head dims.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
 from fusednn.registry import BadInput, BenchShapes, Sample, Tolerance, View, mark
 
@@ -242,6 +245,12 @@ SDPA_CASES = {
     "float-mask-B-1-L-S": ("4d", {}, ((2, 1, 13, 19), "float")),
     "float-mask-with-grad": ("5d", {}, ((2, 1, 13, 19), "float-grad")),
     "float-mask-minus-inf": ("broadcast-heads", {}, ((13, 19), "float-inf")),
+    # attn_mask and is_causal together: the mask inside the top-left causal band
+    "causal-bool-mask-L<S": ("4d", dict(is_causal=True), ((13, 19), "bool")),
+    "causal-float-mask-with-grad-L>S": ("swapped", dict(is_causal=True), ((2, 1, 19, 13), "float-grad")),
+    "causal-float-mask-minus-inf-5d": ("5d", dict(is_causal=True), ((13, 19), "float-inf")),
+    # rows 0 (by the band and the mask together) and 3 (by the mask) see no key: output 0
+    "causal-bool-mask-hiding-rows-gqa": ("gqa", dict(enable_gqa=True, is_causal=True), ((2, 4, 13, 19), "bool-rows")),
 }
 
 
@@ -249,8 +258,13 @@ def _sdpa_mask(spec):
     if spec is None:
         return None
     shape, kind = spec
-    if kind == "bool":  # the diagonal kept so that every row sees a key (torch gives such rows NaN)
+    if kind == "bool":  # the diagonal kept, so every row sees a key, with is_causal too
         return (torch.rand(shape) < 0.7) | torch.eye(shape[-2], shape[-1], dtype=torch.bool)
+    if kind == "bool-rows":  # key 0 hidden from query 0 (which is_causal leaves only key 0) and every key from 3
+        mask = (torch.rand(shape) < 0.7) | torch.eye(shape[-2], shape[-1], dtype=torch.bool)
+        mask[..., 0, 0] = False
+        mask[..., 3, :] = False
+        return mask
     mask = torch.randn(shape, dtype=F64)
     if kind == "float-inf":
         mask = mask.masked_fill((torch.rand(shape) < 0.3).fill_diagonal_(False), float("-inf"))
@@ -262,7 +276,7 @@ def sdpa_samples() -> list[Sample]:
     for name, (shape_name, kwargs, mask) in SDPA_CASES.items():
         query, key, value = (_t(*shape) for shape in SDPA_SHAPES[shape_name])
         samples.append(Sample(name, (query, key, value), dict(kwargs, attn_mask=_sdpa_mask(mask))))
-    return mark(samples, opcheck={"float-mask-with-grad"}, gradcheck={"3d"})
+    return mark(samples, opcheck={"float-mask-with-grad", "causal-float-mask-with-grad-L>S"}, gradcheck={"3d"})
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -350,11 +364,42 @@ def attention_varlen_bad_inputs() -> list[BadInput]:
     ])
 
 
+class TensorWithOwnTorchFunction(torch.Tensor):
+    """A tensor subclass with a ``__torch_function__`` of its own (it only forwards): what
+    the ops refuse as a mask, since such a subclass may stand for other values than its
+    storage holds (as ``torch.nn.attention.bias.CausalBias`` does)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def strided_nested_tensor(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.nested.nested_tensor in its strided layout (a torch.Tensor with is_nested), without
+    torch's warning that the layout is a prototype."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+        return torch.nested.nested_tensor(tensors)
+
+
 def sdpa_bad_inputs() -> list[BadInput]:
     Q, K, V = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    K4 = torch.randn(2, 4, 6, 8)
     return _bad("scaled_dot_product_attention", [
-        ("mask-with-causal", (Q, Q, Q), dict(attn_mask=torch.ones(5, 5, dtype=torch.bool), is_causal=True),
-         NotImplementedError, r"attn_mask together with is_causal=True"),
+        ("causal-bias-with-is-causal", (Q, Q, Q), dict(attn_mask=causal_upper_left(5, 5), is_causal=True),
+         ValueError, r"is_causal must be False with a CausalBias attn_mask .*; got True"),
+        ("causal-bias-lengths", (Q, K4, K4), dict(attn_mask=causal_lower_right(5, 7)), ValueError,
+         r"attn_mask must be a CausalBias of query's and key's lengths \(L, S\) = \(5, 6\); "
+         r"got a CausalBias of \(seq_len_q, seq_len_kv\) = \(5, 7\)"),
+        ("mask-subclass", (Q, Q, Q), dict(attn_mask=torch.zeros(5, 5).as_subclass(TensorWithOwnTorchFunction)),
+         TypeError,
+         r"attn_mask must be a plain tensor \(bool mask or float bias\), a torch.nn.attention.bias.CausalBias or "
+         r"None; got a fusednn.cases.exact_attention.TensorWithOwnTorchFunction"),
+        ("mask-nested", (Q, Q, Q), dict(attn_mask=strided_nested_tensor([torch.zeros(5, 5)] * 2)), TypeError,
+         r"attn_mask must be a plain tensor .*; got a nested tensor"),
+        ("mask-jagged", (Q, Q, Q), dict(attn_mask=torch.nested.nested_tensor([torch.zeros(5, 5)] * 2,
+                                                                             layout=torch.jagged)), TypeError,
+         r"attn_mask must be a plain tensor .*; got a torch\.nested\..*NestedTensor"),
         ("mask-shape", (Q, Q, Q), dict(attn_mask=torch.ones(4, 5)), ValueError,
          r"attn_mask must be broadcastable to \[B, Hq, Tq, Tk\] = \[2, 4, 5, 5\]; got shape \(4, 5\)"),
         ("mask-int", (Q, Q, Q), dict(attn_mask=torch.ones(5, 5, dtype=torch.int64)), TypeError,

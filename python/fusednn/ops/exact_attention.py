@@ -29,6 +29,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
+from torch.nn.attention.bias import CausalBias, CausalVariant
 
 from fusednn import _runtime, registry
 from fusednn import reference as _reference
@@ -226,12 +229,48 @@ def _check_qkv(args: Args, q, k, v, rank: int, layout: str, names=("q", "k", "v"
             raise args.error(name, f"{layout} with a head dim between 1 and {MAX_HEAD_DIM}", f"head dim {d}")
 
 
-def _check_bias(args: Args, name: str, bias, target: tuple[int, ...], device) -> Optional[Tensor]:
-    """A bool mask or float bias broadcast (as a view) to ``target`` = [B, Hq, Tq, Tk]."""
+# What torch's tracing (torch.compile, torch.export, make_fx, opcheck) hands to Python code in
+# place of plain tensors.
+_TRACING_TENSORS = (FakeTensor, FunctionalTensor)
+_TENSOR_BASES = (Tensor, torch._C.TensorBase, torch.nn.Parameter, object)
+
+
+def _is_plain_tensor(t: Tensor) -> bool:
+    """True for a tensor the kernels may read as its values: a torch.Tensor, an nn.Parameter,
+    a subclass that overrides neither ``__torch_function__`` nor ``__torch_dispatch__``, and
+    the FakeTensor / FunctionalTensor of tracing. False for a nested tensor and for subclasses
+    with semantics of their own (``CausalBias``, jagged nested tensors, wrappers): their
+    storage is not what they stand for. The type is inspected before any tensor attribute,
+    so a subclass's own ``__torch_function__`` never runs here."""
+    cls = type(t)
+    if cls is not Tensor and cls is not torch.nn.Parameter and not isinstance(t, _TRACING_TENSORS):
+        for base in cls.__mro__:
+            if base not in _TENSOR_BASES and ("__torch_function__" in vars(base) or "__torch_dispatch__" in vars(base)):
+                return False
+    return not t.is_nested
+
+
+def _describe_tensor_type(t: Tensor) -> str:
+    """How a message shows a tensor that is not a plain one (see ``_is_plain_tensor``)."""
+    cls = type(t)
+    if cls is Tensor:
+        return "a nested tensor" if t.is_nested else "a tensor"
+    return f"a {cls.__module__}.{cls.__qualname__}"
+
+
+_PLAIN_MASK = "a plain tensor (bool mask or float bias)"
+
+
+def _check_bias(args: Args, name: str, bias, target: tuple[int, ...], device,
+                accepted: str = f"{_PLAIN_MASK} or None") -> Optional[Tensor]:
+    """A bool mask or float bias broadcast (as a view) to ``target`` = [B, Hq, Tq, Tk].
+    ``accepted`` is what the message of a tensor that is not a plain one says the argument takes."""
     if bias is None:
         return None
     if not isinstance(bias, Tensor):
         raise args.error(name, "a tensor or None", describe(bias), TypeError)
+    if not _is_plain_tensor(bias):
+        raise args.error(name, accepted, _describe_tensor_type(bias), TypeError)
     if bias.dtype != torch.bool and not bias.is_floating_point():
         raise args.error(name, "a bool mask or a float bias", dtype_name(bias.dtype), TypeError)
     if bias.device != device:
@@ -306,7 +345,9 @@ def attention(
     aligned position; None (or -1) leaves a side unbounded. Tiles outside the band are skipped.
     scale: default D ** -0.5. softcap: scores become softcap * tanh(scores / softcap).
     attn_bias: bool mask (True = may attend) or float bias added to the scores (after
-    softcap), broadcastable to [B, Hq, Tq, Tk]; a float bias that requires grad gets one.
+    softcap), broadcastable to [B, Hq, Tq, Tk]; a float bias that requires grad gets one. A plain
+    tensor or nn.Parameter: nested tensors and subclasses with semantics of their own (such as
+    torch's CausalBias; pass causal/alignment instead) raise TypeError.
     dropout_p: dropout on the attention probabilities, drawn in the kernel from a seed
     taken from torch's generator; the backward regenerates the same mask.
     A query that sees no key gets output 0 and zero gradients.
@@ -409,9 +450,23 @@ def scaled_dot_product_attention(
 
     query: [..., Hq, L, E]; key: [..., Hkv, S, E]; value: [..., Hkv, S, Ev] (any number of
     leading dims, broadcast against each other as torch does; without enable_gqa the head
-    dims broadcast too, with it Hq must be a multiple of Hkv). attn_mask: bool (True = may
-    attend) or float, broadcastable to [..., L, S]. is_causal is top-left aligned and cannot
-    be combined with attn_mask. Returns [..., Hq, L, Ev] in query's dtype.
+    dims broadcast too, with it Hq must be a multiple of Hkv). Returns [..., Hq, L, Ev] in
+    query's dtype.
+
+    attn_mask: a bool mask (True = may attend) or a float bias added to the scores,
+    broadcastable to [..., Hq, L, S]; or a ``torch.nn.attention.bias.CausalBias`` of lengths
+    (L, S): ``causal_upper_left(L, S)`` is query i seeing keys j <= i, ``causal_lower_right(L,
+    S)`` keys j <= i + S - L; it runs as the kernels' causal band, no mask is read, and
+    is_causal must then be False (as torch). Other tensor subclasses and nested tensors are
+    refused (TypeError).
+    is_causal: query i sees keys j <= i (top-left aligned). Given together with an attn_mask
+    tensor, both apply (a key is visible when the causal band and the mask allow it; a float
+    mask is added inside the band), as torch's CPU flash kernel does; torch's math backend
+    refuses the combination.
+
+    A query that sees no key (every key masked, or L > S with ``causal_lower_right``: its
+    first L - S queries) gets output 0 and zero gradients, as from torch on the CPU (its
+    CausalBias warns of NaN there, which its GPU kernels give).
     """
     args = Args("fusednn.ops.scaled_dot_product_attention")
     names = ("query", "key", "value")
@@ -423,8 +478,9 @@ def scaled_dot_product_attention(
         args.tensor(name, t, like=query, like_name="query")
     args.boolean("is_causal", is_causal)
     args.boolean("enable_gqa", enable_gqa)
-    if attn_mask is not None and is_causal:
-        raise args.unsupported("attn_mask together with is_causal=True is not supported; pass one of them")
+    alignment = _causal_bias_alignment(args, attn_mask, is_causal, query.shape[-2], key.shape[-2])
+    if alignment is not None:
+        attn_mask, is_causal = None, True
     rank = max(query.dim(), key.dim(), value.dim(), 4)
     q, k, v = (t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)) for t in (query, key, value))
     try:
@@ -444,15 +500,38 @@ def scaled_dot_product_attention(
 
     q4, k4, v4 = to_bhtd(q, heads_q), to_bhtd(k, heads_kv), to_bhtd(v, heads_kv)
     _check_qkv(args, q4, k4, v4, 4, "[..., H, T, E]", names)
-    left, right, scale, softcap = _check_options(args, is_causal, None, scale, None, dropout_p, "top_left", False,
+    alignment = alignment or "top_left"
+    left, right, scale, softcap = _check_options(args, is_causal, None, scale, None, dropout_p, alignment, False,
                                                  causal_name="is_causal")
     bias = None
     if attn_mask is not None:
         full = (*batch, heads_q, q.shape[-2], k.shape[-2])
-        mask = _check_bias(args, "attn_mask", attn_mask, full, query.device)
+        mask = _check_bias(args, "attn_mask", attn_mask, full, query.device,
+                           accepted=f"{_PLAIN_MASK}, a torch.nn.attention.bias.CausalBias or None")
         bias = mask.reshape(n, heads_q, q.shape[-2], k.shape[-2])
-    out, _lse = _attend(SDPA, q4, k4, v4, bias, None, left, right, scale, softcap, float(dropout_p), False, "top_left")
+    out, _lse = _attend(SDPA, q4, k4, v4, bias, None, left, right, scale, softcap, float(dropout_p), False, alignment)
     return _restore_rank(out.reshape(*batch, heads_q, q.shape[-2], v.shape[-1]), query, key, value)
+
+
+# torch.nn.attention.bias.CausalBias variants as the kernels' causal alignments
+_CAUSAL_BIAS_ALIGNMENTS = {CausalVariant.UPPER_LEFT: "top_left", CausalVariant.LOWER_RIGHT: "bottom_right"}
+
+
+def _causal_bias_alignment(args: Args, attn_mask, is_causal: bool, L: int, S: int) -> Optional[str]:
+    """The causal alignment a ``CausalBias`` attn_mask stands for (None when attn_mask is not
+    one), after checking it: is_causal False, as torch demands, and lengths (L, S)."""
+    if not isinstance(attn_mask, CausalBias):
+        return None
+    if is_causal:
+        raise args.error("is_causal", "False with a CausalBias attn_mask (which is the causal mask already)", "True")
+    variant = attn_mask.variant
+    if variant not in _CAUSAL_BIAS_ALIGNMENTS:
+        raise args.error("attn_mask", "a CausalBias of variant UPPER_LEFT or LOWER_RIGHT", repr(variant))
+    lengths = (attn_mask.seq_len_q, attn_mask.seq_len_kv)
+    if lengths != (L, S):
+        raise args.error("attn_mask", f"a CausalBias of query's and key's lengths (L, S) = ({L}, {S})",
+                         f"a CausalBias of (seq_len_q, seq_len_kv) = {lengths}")
+    return _CAUSAL_BIAS_ALIGNMENTS[variant]
 
 
 def _restore_rank(out: Tensor, query: Tensor, key: Tensor, value: Tensor) -> Tensor:

@@ -164,9 +164,23 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
                                  enable_gqa: bool = False) -> Tensor:
     """torch's own scaled_dot_product_attention on its math backend: the definition that
-    ``fusednn.ops.scaled_dot_product_attention`` follows (any dtype, float64 included)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    ``fusednn.ops.scaled_dot_product_attention`` follows (any dtype, float64 included).
 
+    attn_mask may be a ``torch.nn.attention.bias.CausalBias`` (torch dispatches it). An
+    attn_mask tensor together with is_causal, which the math backend refuses, means both:
+    the mask restricted to the top-left causal band (bool: and; float: -inf outside the
+    band), as torch's CPU flash kernel computes it. Rows that see no key give 0 (the math
+    backend's softmax of an all -inf row)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.bias import CausalBias
+
+    if attn_mask is not None and is_causal and not isinstance(attn_mask, CausalBias):
+        band = visible_keys(query.shape[-2], key.shape[-2], causal=True, device=query.device)
+        if attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask & band
+        else:
+            attn_mask = attn_mask.masked_fill(~band, float("-inf"))
+        is_causal = False
     with sdpa_kernel(SDPBackend.MATH):
         return torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
