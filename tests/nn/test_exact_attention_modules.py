@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fusednn
+from fusednn.cases.exact_attention import strided_nested_tensor
 from fusednn.nn import MultiheadAttention
 from fusednn.testing import assert_close
 
@@ -109,6 +110,10 @@ CASES = {
                               key_padding_mask="bool")),
     "eval_with_dropout": (dict(dropout=0.5), 17, 13, 2, dict(eval=True)),
     "eval_with_dropout_weights": (dict(dropout=0.5, batch_first=True), 17, 13, 2, dict(eval=True, need_weights=True)),
+    "unbatched_bias_kv_zero_attn_masks": (dict(add_bias_kv=True, add_zero_attn=True, kdim=12, vdim=20), 5, 13, None,
+                                          dict(key_padding_mask="float", attn_mask="float3")),
+    "causal_hint_mask3d": (dict(batch_first=True), 17, 17, 2, dict(attn_mask="causal3", is_causal=True)),
+    "weights_unbatched_avg": (dict(add_zero_attn=True), 9, 13, None, dict(attn_mask="bool2", need_weights=True)),
 }
 
 
@@ -124,6 +129,7 @@ def _make_mask(kind, L, S, N):
         "bool3": lambda: _bool_mask(n * H, L, S),
         "float3": lambda: _float_mask(n * H, L, S),
         "causal": lambda: torch.ones(L, S, dtype=torch.bool).triu(1),
+        "causal3": lambda: torch.ones(n * H, L, S, dtype=torch.bool).triu(1),
     }
     return None if kind is None else makers[kind]()
 
@@ -265,7 +271,31 @@ def _error_cases():
         "causal_without_mask": dict(query=q, key=k, value=k, is_causal=True),
         "embed_dim": dict(query=q[..., :-1], key=k[..., :-1], value=k[..., :-1]),
         "key_value_shape": dict(query=q, key=k, value=k[:-1]),
+        "key_features": dict(query=q, key=torch.randn(S, N, E + 1), value=torch.randn(S, N, E + 1)),
     }
+
+
+def _kdim_error_cases():
+    """Mistakes with kdim = 12, vdim = 20 (separate projection weights)."""
+    L, S, N = 5, 7, 2
+    q = torch.randn(L, N, E)
+    return {
+        "kdim": dict(query=q, key=torch.randn(S, N, 13), value=torch.randn(S, N, 20)),
+        "vdim": dict(query=q, key=torch.randn(S, N, 12), value=torch.randn(S, N, 12)),
+        "self_attention_with_kdim": dict(query=q, key=q, value=q),
+        "key_value_lengths": dict(query=q, key=torch.randn(S, N, 12), value=torch.randn(S + 1, N, 20)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_kdim_error_cases()))
+def test_malformed_inputs_with_kdim_vdim_raise_torchs_errors(case):
+    kwargs = _kdim_error_cases()[case]
+    theirs = torch.nn.MultiheadAttention(E, H, kdim=12, vdim=20)
+    ours = MultiheadAttention(E, H, kdim=12, vdim=20)
+    with pytest.raises(Exception) as torch_error:
+        theirs(**kwargs, need_weights=False)
+    with pytest.raises(torch_error.type):
+        ours(**kwargs, need_weights=False)
 
 
 @pytest.mark.parametrize("case", list(_error_cases()))
@@ -277,3 +307,220 @@ def test_malformed_inputs_raise_torchs_errors(case):
         theirs(**kwargs, need_weights=False)
     with pytest.raises(torch_error.type):
         ours(**kwargs, need_weights=False)
+
+
+# --------------------------------------------------------------------------- nested tensors
+
+
+def _nested_batch(*lengths, features=E):
+    return strided_nested_tensor([torch.randn(T, features) for T in lengths])
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_nested_input_on_torchs_fast_path(grad_mode, need_weights):
+    """torch runs nested self-attention in inference (its fast path); so does ours, with torch's result."""
+    ours, theirs = _modules(batch_first=True, dtype=torch.float32)
+    theirs = theirs.float()
+    ours.eval()
+    theirs.eval()
+    x = _nested_batch(5, 9)
+    with getattr(torch, grad_mode)():
+        actual, actual_weights = ours(x, x, x, need_weights=need_weights)
+        expected, expected_weights = theirs(x, x, x, need_weights=need_weights)
+    assert actual.is_nested
+    assert [tuple(t.shape) for t in actual.unbind()] == [(5, E), (9, E)]
+    for i, (a, e) in enumerate(zip(actual.unbind(), expected.unbind())):
+        assert_close(a, e, name=f"sequence {i}")
+    assert (actual_weights is None) == (expected_weights is None) == (not need_weights)
+    if need_weights:
+        assert_close(actual_weights, expected_weights, name="weights")
+
+
+# situation: (module kwargs, forward kwargs, grad mode, train)
+_OUTSIDE_FAST_PATH = {
+    "training": (dict(batch_first=True), {}, "no_grad", True),
+    "grad_enabled": (dict(batch_first=True), {}, "enable_grad", False),
+    "sequence_first": (dict(), {}, "no_grad", False),
+    "key_padding_mask": (dict(batch_first=True), dict(key_padding_mask=torch.zeros(2, 9, dtype=torch.bool)),
+                         "no_grad", False),
+    "odd_heads": (dict(batch_first=True, num_heads=3), {}, "no_grad", False),
+    "add_bias_kv": (dict(batch_first=True, add_bias_kv=True), {}, "no_grad", False),
+}
+
+
+@pytest.mark.parametrize("situation", list(_OUTSIDE_FAST_PATH))
+def test_nested_input_outside_fast_path_raises_as_torch(situation):
+    module_kwargs, forward_kwargs, grad_mode, train = _OUTSIDE_FAST_PATH[situation]
+    module_kwargs = dict(module_kwargs)
+    num_heads = module_kwargs.pop("num_heads", H)
+    ours, theirs = _modules(E, num_heads, dtype=torch.float32, **module_kwargs)
+    theirs = theirs.float()
+    ours.train(train)
+    theirs.train(train)
+    x = _nested_batch(5, 9)
+    with getattr(torch, grad_mode)():
+        with pytest.raises(AssertionError, match="NestedTensor outside of its fast path"):
+            theirs(x, x, x, **forward_kwargs)
+        with pytest.raises(AssertionError, match="NestedTensor outside of its fast path"):
+            ours(x, x, x, **forward_kwargs)
+
+
+# --------------------------------------------------------------------------- parameter dtypes
+
+
+def _with_float16_in_proj_bias(**kwargs):
+    ours, theirs = _modules(dtype=torch.float64, **kwargs)
+    bias = torch.randn(3 * E, dtype=torch.float16)
+    for module in (ours, theirs):
+        module.in_proj_bias = torch.nn.Parameter(bias.clone())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("module_kwargs, share", [(dict(), "qkv"), (dict(), None), (dict(kdim=12, vdim=20), None)],
+                         ids=["self", "cross", "cross_kdim_vdim"])
+def test_float16_in_proj_bias_of_a_float64_module_as_torch(module_kwargs, share):
+    """torch (contiguous batch-first inputs) adds the float16 bias with type promotion: float64 results."""
+    ours, theirs = _with_float16_in_proj_bias(batch_first=True, **module_kwargs)
+    query = _randn(2, 7, E)
+    key, value = _randn(2, 9, module_kwargs.get("kdim", E)), _randn(2, 9, module_kwargs.get("vdim", E))
+    inputs = dict(query=query, key=key, value=value, key_padding_mask=None, attn_mask=None)
+    grad_names = ["query"] if share == "qkv" else ["query", "key", "value"]
+    actual = _run(ours, torch.float64, inputs, grad_names, 0, share, need_weights=True)
+    expected = _run(theirs, torch.float64, inputs, grad_names, 0, share, need_weights=True)
+    for name in ["output", "weights"] + [f"grad {n}" for n in grad_names]:
+        assert actual[name].dtype == expected[name].dtype == torch.float64, name
+        assert_close(actual[name], expected[name], name=name)
+    assert actual["grad in_proj_bias"].dtype == expected["grad in_proj_bias"].dtype == torch.float16
+
+
+def test_float16_in_proj_bias_in_layouts_torch_refuses():
+    """torch accepts the float16 bias only where its projection input is non-contiguous (its
+    F.linear then multiplies and adds the bias with promotion; the fused addmm wants one dtype):
+    contiguous batch-first inputs, which it transposes. Ours takes every layout and gives what
+    torch gives on contiguous batch-first inputs."""
+    ours, _ = _with_float16_in_proj_bias()
+    theirs = torch.nn.MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
+    theirs.in_proj_bias = torch.nn.Parameter(ours.in_proj_bias.detach().clone())
+    theirs.load_state_dict(ours.state_dict())
+    query = _randn(7, 2, E)
+    with pytest.raises(RuntimeError):
+        torch.nn.MultiheadAttention.forward(ours, query, query, query)  # torch's forward on the same module
+    batch_first = query.transpose(0, 1).contiguous()
+    expected, _ = theirs(batch_first, batch_first, batch_first, need_weights=False)
+    for name, x in (("sequence-first", query), ("unbatched", query[:, 0])):
+        actual, _ = ours(x, x, x, need_weights=False)
+        assert actual.dtype == torch.float64
+        assert_close(actual, expected.transpose(0, 1) if x.dim() == 3 else expected[0], name=name)
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+# name: (module kwargs, L, S, N, forward kwargs)
+_SCRIPT_CASES = {
+    "self_masks": (dict(), 7, 7, 2, dict(key_padding_mask="bool", attn_mask="float2")),
+    "batch_first_masks_weights": (dict(batch_first=True), 7, 9, 2,
+                                  dict(key_padding_mask="float", attn_mask="float3", need_weights=True,
+                                       average_attn_weights=False)),
+    "kdim_vdim_bool_masks": (dict(kdim=12, vdim=20, batch_first=True), 7, 9, 2,
+                             dict(key_padding_mask="bool", attn_mask="bool3")),
+    "bias_kv_zero_attn_unbatched": (dict(add_bias_kv=True, add_zero_attn=True), 7, 9, None,
+                                    dict(key_padding_mask="bool", attn_mask="bool2", need_weights=True)),
+    "causal_hint": (dict(batch_first=True), 7, 7, 2, dict(attn_mask="causal", is_causal=True)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.parametrize("case", list(_SCRIPT_CASES))
+def test_torchscript_matches_eager_and_torchs_scripted_module(case):
+    module_kwargs, L, S, N, options = _SCRIPT_CASES[case]
+    options = dict(options)
+    ours, theirs = _modules(dtype=torch.float64, **module_kwargs)
+    scripted, theirs_scripted = torch.jit.script(ours), torch.jit.script(theirs)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    batch_first = module_kwargs.get("batch_first", False)
+
+    def seq(T, D):
+        return _randn(T, D) if N is None else _randn(*((N, T, D) if batch_first else (T, N, D)))
+
+    query = seq(L, E)
+    key = query if L == S and "kdim" not in module_kwargs else seq(S, module_kwargs.get("kdim", E))
+    value = key if "vdim" not in module_kwargs else seq(S, module_kwargs["vdim"])
+    options.setdefault("need_weights", False)
+    kwargs = dict(key_padding_mask=_make_mask(options.pop("key_padding_mask", None), L, S, N),
+                  attn_mask=_make_mask(options.pop("attn_mask", None), L, S, N), **options)
+    results = {}
+    for name, module in (("eager", ours), ("scripted", scripted), ("loaded", loaded), ("torch", theirs_scripted)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mixed mask types: torch's deprecation warning
+            results[name] = module(query, key, value, **kwargs)
+    expected_out, expected_weights = results["torch"]
+    for name in ("eager", "scripted", "loaded"):
+        out, weights = results[name]
+        assert_close(out, expected_out, name=f"{name}: output")
+        assert (weights is None) == (expected_weights is None)
+        if weights is not None:
+            assert_close(weights, expected_weights, name=f"{name}: weights")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_torchscript_refuses_nested_tensors():
+    """Said as such (scripted code raises every exception as torch.jit.Error, a RuntimeError)."""
+    ours, _ = _modules(batch_first=True, dtype=torch.float32)
+    scripted = torch.jit.script(ours.eval())
+    x = _nested_batch(5, 9)
+    with torch.no_grad(), pytest.raises(torch.jit.Error, match="TorchScript-compiled module does not take nested"):
+        scripted(x, x, x)
+
+
+# --------------------------------------------------------------------------- torch's own module tests
+
+
+def test_3d_attn_mask_equals_per_sample_2d_masks():
+    """A [N * H, L, S] mask repeating one [L, S] mask per batch element gives what each element
+    gets alone with that mask (as in torch's test_multihead_attn_3d_attn_mask)."""
+    ours, _ = _modules(dtype=torch.float64)
+    N, L, S = 4, 5, 7
+    query, key = _randn(L, N, E), _randn(S, N, E)
+    masks = _float_mask(N, L, S)
+    batched, _ = ours(query, key, key, attn_mask=masks.repeat_interleave(H, dim=0))
+    for i in range(N):
+        alone, _ = ours(query[:, i:i + 1], key[:, i:i + 1], key[:, i:i + 1], attn_mask=masks[i])
+        assert_close(batched[:, i:i + 1], alone, name=f"batch element {i}")
+
+
+# (query, key, value, forward kwargs, torch's message); query, key and value are distinct tensors
+# (self-attention in inference takes torch's fast path, which raises RuntimeError: ours are both)
+def _invalid_shape_cases():
+    batched, unbatched = [torch.randn(4, 4, E) for _ in range(3)], [torch.randn(4, E) for _ in range(3)]
+    mask = torch.tensor([False, False, True, True])
+    return {
+        "3d_query_2d_key": ((batched[0], unbatched[1], batched[2]), {},
+                            "expected `key` and `value` to be 3-D but found 2-D and 3-D tensors respectively"),
+        "3d_query_2d_value": ((*batched[:2], unbatched[2]), {},
+                              "expected `key` and `value` to be 3-D but found 3-D and 2-D tensors respectively"),
+        "3d_query_1d_kpm": (batched, dict(key_padding_mask=mask),
+                            "expected `key_padding_mask` to be `None` or 2-D but found 1-D tensor instead"),
+        "3d_query_1d_mask": (batched, dict(attn_mask=mask),
+                             "expected `attn_mask` to be `None`, 2-D or 3-D but found 1-D tensor instead"),
+        "2d_query_3d_key": ((unbatched[0], batched[1], unbatched[2]), {},
+                            "expected `key` and `value` to be 2-D but found 3-D and 2-D tensors respectively"),
+        "2d_query_2d_kpm": (unbatched, dict(key_padding_mask=mask[None].expand(2, 4)),
+                            "expected `key_padding_mask` to be `None` or 1-D but found 2-D tensor instead"),
+        "2d_query_wrong_3d_mask": (unbatched, dict(attn_mask=torch.ones(H + 1, 4, 4, dtype=torch.bool)),
+                                   r"Expected `attn_mask` shape to be \(4, 4, 4\)"),
+    }
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["train", "eval_no_grad"])
+@pytest.mark.parametrize("case", list(_invalid_shape_cases()))
+def test_invalid_shapes_raise_torchs_assertions(case, inference):
+    (query, key, value), kwargs, message = _invalid_shape_cases()[case]
+    for module in (torch.nn.MultiheadAttention(E, H, batch_first=True), MultiheadAttention(E, H, batch_first=True)):
+        module.train(not inference)
+        with torch.set_grad_enabled(not inference), pytest.raises(AssertionError, match=message):
+            module(query, key, value, **kwargs)

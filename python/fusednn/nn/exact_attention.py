@@ -4,6 +4,8 @@ It subclasses the torch module, so constructor arguments, parameters (``in_proj_
 ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``, ``bias_k``/``bias_v``), initialisation
 and ``state_dict`` are torch's own; only ``forward`` changes. It follows torch's slow path
 (``F.multi_head_attention_forward``), with the projections and masks kept batch-first.
+Nested tensors go to torch's own forward, and a TorchScript-compiled module runs torch's
+``F.multi_head_attention_forward`` (see ``MultiheadAttention.forward``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusednn import ops
-from fusednn._validate import ArgumentAssertionError, Args
+from fusednn import ops, registry
+from fusednn._validate import ArgumentAssertionError, Args, shape_of
 
 __all__ = ["MultiheadAttention"]
 
@@ -31,6 +33,16 @@ def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask, float("-inf"))
     return mask
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``F.linear``, also for a bias of another dtype than the weight (a float16 ``in_proj_bias``
+    of a float64 module): the product, then the bias added with type promotion. torch's module
+    computes that where its F.linear takes the matmul-then-add route (a non-contiguous 3-D input:
+    contiguous batch-first inputs, which it transposes) and refuses the mix elsewhere (addmm)."""
+    if bias is not None and bias.dtype != weight.dtype:
+        return F.linear(x, weight) + bias
+    return F.linear(x, weight, bias)
 
 
 def _pad_keys(mask: Tensor, columns: int) -> Tensor:
@@ -51,6 +63,9 @@ def _merge_masks(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor]
     return merged if len(masks) == 1 else merged + _as_float(masks[1], dtype)
 
 
+# torch's module inputs all ask for the weights (need_weights defaults to True), which are
+# computed explicitly: the generic module tests also run them without, through the fused op.
+@registry.drop_in(torch.nn.MultiheadAttention, forward_kwargs=({"need_weights": False},))
 class MultiheadAttention(torch.nn.MultiheadAttention):
     """``torch.nn.MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
     add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None, dtype=None)``
@@ -70,6 +85,15 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     then come from an explicit softmax in plain PyTorch, as in torch. Dropout on the
     attention probabilities applies only in training. A query that may attend to no key
     gets attention 0 (output = out_proj.bias) without weights and NaN with them, as in torch.
+
+    Nested-tensor inputs run torch's own forward, which takes them only on its fast path
+    (inference: eval mode without autograd, batch_first, self-attention, no mask, ...) and
+    raises AssertionError elsewhere. ``torch.jit.script`` compiles the module to torch's
+    ``F.multi_head_attention_forward`` (TorchScript cannot compile the fused op's Python),
+    which refuses nested tensors.
+    A float16 ``in_proj_bias`` of a float64 module is added with type promotion (float64
+    result), as torch does for contiguous batch-first inputs; ours does so for every layout,
+    where torch's refuses the others (RuntimeError from its F.linear).
     """
 
     def forward(
@@ -83,12 +107,85 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, Optional[Tensor]]:
+        if torch.jit.is_scripting():
+            # TorchScript compiles this branch only.
+            return self._scripted_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                          average_attn_weights, is_causal)
+        if query.is_nested or key.is_nested or value.is_nested:
+            # torch accepts nested tensors only on its fast path (torch._native_multi_head_attention,
+            # an inference kernel that takes them as they are). Its forward decides whether the
+            # fast path applies (a dozen conditions: grad mode, training, autocast, masks, tracing,
+            # ...) and raises otherwise; running it keeps both the results and the errors torch's,
+            # where padding the input for the fused op would compute the padded rows and have to
+            # re-derive those conditions.
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        return self._fused_forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                                   is_causal)
+
+    def _scripted_forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor],
+        need_weights: bool,
+        attn_mask: Optional[Tensor],
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The module's computation in code TorchScript compiles: torch's
+        ``F.multi_head_attention_forward`` (sequence-first), which checks the arguments itself."""
+        if query.is_nested or key.is_nested or value.is_nested:
+            raise AssertionError("fusednn.nn.MultiheadAttention: a TorchScript-compiled module does not take nested "
+                                 "tensors; the eager module takes them where torch's does (its fast path)")
+        transpose = self.batch_first and query.dim() == 3
+        if transpose:
+            # One transpose per distinct tensor: F.multi_head_attention_forward recognises
+            # self-attention (one projection GEMM) by identity.
+            if query is key and key is value:
+                query = query.transpose(1, 0)
+                key = query
+                value = query
+            elif key is value:
+                query = query.transpose(1, 0)
+                key = key.transpose(1, 0)
+                value = key
+            else:
+                query = query.transpose(1, 0)
+                key = key.transpose(1, 0)
+                value = value.transpose(1, 0)
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias, self.bias_k,
+            self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight, self.out_proj.bias,
+            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+            attn_mask=attn_mask, use_separate_proj_weight=not self._qkv_same_embed_dim,
+            q_proj_weight=self.q_proj_weight, k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        if transpose:
+            out = out.transpose(1, 0)
+        return out, weights
+
+    @torch.jit.unused
+    def _fused_forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor],
+        need_weights: bool,
+        attn_mask: Optional[Tensor],
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The eager forward: projections, then the fused op (or, with need_weights, an explicit softmax)."""
         batched = self._check_shapes(query, key, value, key_padding_mask, attn_mask)
         _check_mask_dtype(key_padding_mask, "key_padding_mask")
         _check_mask_dtype(attn_mask, "attn_mask")
         if key_padding_mask is not None and attn_mask is not None and key_padding_mask.dtype != attn_mask.dtype:
             warnings.warn("Support for mismatched key_padding_mask and attn_mask is deprecated. Use same type for "
-                          "both instead.", stacklevel=2)
+                          "both instead.", stacklevel=3)
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
                                "method `generate_square_subsequent_mask` to create this mask.")
@@ -97,6 +194,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         if use_causal_kernel:
             attn_mask = None
 
+        self._check_features(query, key, value, batched)
         self_attention = query is key and key is value
         # Everything batch-first from here: [N, L, E].
         if not batched:
@@ -106,15 +204,6 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         N, L, E = query.shape
         S, H = key.shape[1], self.num_heads
-        if E != self.embed_dim:
-            layout = "[N, L, E]" if self.batch_first else "[L, N, E]"
-            raise Args("fusednn.nn.MultiheadAttention").error(
-                "query", f"{layout} with E = embed_dim = {self.embed_dim}", f"E = {E}", AssertionError)
-        if self._qkv_same_embed_dim and key.shape != value.shape:
-            raise ArgumentAssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
-        if key.shape[:2] != value.shape[:2]:
-            raise ArgumentAssertionError(f"key's sequence and batch dims {key.shape[:2]} do not match value's "
-                                 f"{value.shape[:2]}")
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (N, S):
             raise ArgumentAssertionError(f"Expected key_padded_mask.shape to be {(N, S)}, but got "
                                  f"{tuple(key_padding_mask.shape)}")
@@ -175,12 +264,35 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         """q [N, L, E], k [N, S, E], v [N, S, E]; self-attention takes one GEMM."""
         if self._qkv_same_embed_dim:
             if self_attention:
-                return F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+                return _linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
             weights = self.in_proj_weight.chunk(3)
         else:
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
-        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+        return tuple(_linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+
+    def _check_features(self, query: Tensor, key: Tensor, value: Tensor, batched: bool) -> None:
+        """Feature sizes (embed_dim, kdim, vdim) and key/value agreement, shown in the caller's layout.
+        AssertionError where torch asserts (also a ValueError and a RuntimeError)."""
+        args = Args("fusednn.nn.MultiheadAttention")
+        if not batched:
+            layouts = ("[L, E]", "[S, kdim]", "[S, vdim]")
+        elif self.batch_first:
+            layouts = ("[N, L, E]", "[N, S, kdim]", "[N, S, vdim]")
+        else:
+            layouts = ("[L, N, E]", "[S, N, kdim]", "[S, N, vdim]")
+        if query.shape[-1] != self.embed_dim:
+            raise args.error("query", f"{layouts[0]} with E = embed_dim = {self.embed_dim}", f"E = {query.shape[-1]}",
+                             AssertionError)
+        if self._qkv_same_embed_dim and key.shape != value.shape:
+            raise ArgumentAssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
+        if key.shape[:-1] != value.shape[:-1]:
+            raise ArgumentAssertionError(f"key's sequence and batch dims {tuple(key.shape[:-1])} do not match value's "
+                                         f"{tuple(value.shape[:-1])}")
+        for name, t, layout, size, size_name in (("key", key, layouts[1], self.kdim, "kdim"),
+                                                 ("value", value, layouts[2], self.vdim, "vdim")):
+            if t.shape[-1] != size:
+                raise args.error(name, f"{layout} with {size_name} = {size}", shape_of(t), AssertionError)
 
     def _check_shapes(self, query, key, value, key_padding_mask, attn_mask) -> bool:
         """torch's rank checks (AssertionError, as ``F.multi_head_attention_forward``); True when batched."""
