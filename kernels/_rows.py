@@ -26,13 +26,20 @@ def block_warps(block_n: int) -> int:
     return min(max(block_n // 512, 1), 16)
 
 
-def row_config(n_cols: int, max_fused: int, looped_block: int) -> tuple[int, bool, int]:
-    """(BLOCK_N, SINGLE_BLOCK, num_warps) for rows of ``n_cols`` elements: the whole row in
-    one block up to ``max_fused`` padded columns, else blocks of ``looped_block``."""
+# Narrow rows are processed several at a time, as [BLOCK_M, BLOCK_N] tiles of about this
+# many elements (a program per 8-wide row would leave most lanes of a warp idle).
+TILE_ELEMENTS = 2048
+
+
+def row_config(n_cols: int, max_fused: int, looped_block: int) -> tuple[int, int, bool, int]:
+    """(BLOCK_M, BLOCK_N, SINGLE_BLOCK, num_warps) for rows of ``n_cols`` elements: whole
+    rows in one block up to ``max_fused`` padded columns, BLOCK_M of them per tile when
+    they are narrow; else one row at a time in blocks of ``looped_block`` columns."""
     block_n = triton.next_power_of_2(n_cols)
     if block_n <= max_fused:
-        return block_n, True, block_warps(block_n)
-    return looped_block, False, block_warps(looped_block)
+        block_m = max(1, TILE_ELEMENTS // block_n)
+        return block_m, block_n, True, block_warps(block_m * block_n)
+    return 1, looped_block, False, block_warps(looped_block)
 
 
 @functools.lru_cache(maxsize=None)

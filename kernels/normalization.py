@@ -8,14 +8,16 @@ Layout: rows have unit column stride (the caller makes them so); the row stride 
 free, so a column slice of a wider tensor needs no copy. Statistics (mean, rstd) and
 all arithmetic are in the accumulator dtype: float32, or float64 for float64 inputs.
 
-Forward: one program per row. When the row fits in registers (``N <= FORWARD_MAX_FUSED``)
-it is loaded once (``SINGLE_BLOCK``); wider rows are walked in ``LOOPED_BLOCK`` column
-blocks three times (mean, centred variance, output; the re-reads mostly hit L2).
+Forward: when a row fits in registers (``N <= FORWARD_MAX_FUSED``) it is loaded once
+(``SINGLE_BLOCK``), ``BLOCK_M`` rows per program as a [BLOCK_M, BLOCK_N] tile of about
+``_rows.TILE_ELEMENTS`` elements (narrow rows share a program); wider rows take a program
+each and are walked in ``LOOPED_BLOCK`` column blocks three times (mean, centred
+variance, output; the re-reads mostly hit L2).
 Bytes per element: read x + write y (+ weight and bias once per row, cached).
 
 Backward: ``programs`` programs (a few per SM) each own a contiguous block of rows.
-A program computes dx row by row and accumulates its share of dweight / dbias in float32
-registers, then writes one partial row; the op sums the [programs, N] partials with
+A program computes dx a [BLOCK_M, BLOCK_N] tile of rows at a time and accumulates its
+share of dweight / dbias in float32 registers, then writes one partial row; the op sums the [programs, N] partials with
 torch. No atomics, so results are deterministic for a given device. Bytes per element:
 read x, dy + write dx (the partials add 8 * programs * N bytes per weight gradient).
 Rows wider than ``BACKWARD_MAX_FUSED`` loop over column blocks twice per row (reductions,
@@ -71,33 +73,47 @@ def _norm_forward_kernel(
     Rstd,  # [M] accumulator dtype
     stride_x_row,
     stride_y_row,
+    M,
     N,
     eps,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
 ):
     acc_dtype: tl.constexpr = Rstd.dtype.element_ty
-    row = tl.program_id(0).to(tl.int64)
-    X += row * stride_x_row
-    Y += row * stride_y_row
     n = tl.cast(N, acc_dtype)
     eps = tl.cast(eps, acc_dtype)
     cols = tl.arange(0, BLOCK_N)
 
     if SINGLE_BLOCK:
-        mask = cols < N
-        x = tl.load(X + cols, mask=mask, other=0.0).to(acc_dtype)
+        # BLOCK_M whole rows per program, as a [BLOCK_M, BLOCK_N] tile.
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        mask = row_mask[:, None] & (cols < N)[None, :]
+        x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
         if IS_RMS:
-            mean = 0.0
+            xc = x
         else:
-            mean = tl.sum(x, axis=0) / n
-        xc = _centered(x, mean, mask, IS_RMS)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / n + eps)
-        _store_affine(Y, W, B, cols, mask, xc * rstd, HAS_WEIGHT, HAS_BIAS)
+            mean = tl.sum(x, axis=1) / n
+            xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / n + eps)
+        y = xc * rstd[:, None]
+        if HAS_WEIGHT:
+            y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(acc_dtype)[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(acc_dtype)[None, :]
+        tl.store(Y + rows[:, None] * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Rstd + rows, rstd, mask=row_mask)
+        if not IS_RMS:
+            tl.store(Mean + rows, mean, mask=row_mask)
     else:
+        # One wide row per program, walked in column blocks.
+        row = tl.program_id(0).to(tl.int64)
+        X += row * stride_x_row
+        Y += row * stride_y_row
         if IS_RMS:
             mean = 0.0
         else:
@@ -120,12 +136,9 @@ def _norm_forward_kernel(
             x = tl.load(X + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
             xc = _centered(x, mean, block_mask, IS_RMS)
             _store_affine(Y, W, B, block_cols, block_mask, xc * rstd, HAS_WEIGHT, HAS_BIAS)
-
-    if IS_RMS:
         tl.store(Rstd + row, rstd)
-    else:
-        tl.store(Mean + row, mean)
-        tl.store(Rstd + row, rstd)
+        if not IS_RMS:
+            tl.store(Mean + row, mean)
 
 
 @triton.jit
@@ -192,6 +205,7 @@ def _norm_backward_kernel(
     HAS_WEIGHT: tl.constexpr,
     WEIGHT_GRAD: tl.constexpr,
     BIAS_GRAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
 ):
@@ -206,29 +220,41 @@ def _norm_backward_kernel(
     cols = tl.arange(0, BLOCK_N)
 
     if SINGLE_BLOCK:
-        mask = cols < N
+        # The program's rows in [BLOCK_M, BLOCK_N] tiles.
+        col_mask = cols < N
         w = 0.0
         if HAS_WEIGHT:
-            w = tl.load(W + cols, mask=mask, other=0.0).to(acc_dtype)
+            w = tl.load(W + cols, mask=col_mask, other=0.0).to(acc_dtype)[None, :]
         dw_acc = tl.zeros([BLOCK_N], dtype=acc_dtype)
         db_acc = tl.zeros([BLOCK_N], dtype=acc_dtype)
-        for row in range(row_start, row_end):
-            mean, rstd = _load_row_statistics(Mean, Rstd, row, IS_RMS)
-            x = tl.load(X + row * stride_x_row + cols, mask=mask, other=0.0).to(acc_dtype)
-            dy = tl.load(DY + row * stride_dy_row + cols, mask=mask, other=0.0).to(acc_dtype)
-            xhat, wdy = _normalized_and_weighted_grad(x, dy, w, mean, rstd, mask, IS_RMS, HAS_WEIGHT)
-            mean_xhat_wdy = tl.sum(xhat * wdy, axis=0) / n
-            mean_wdy = tl.sum(wdy, axis=0) / n
+        for block_start in range(row_start, row_end, BLOCK_M):
+            rows = block_start + tl.arange(0, BLOCK_M)
+            row_mask = rows < row_end
+            mask = row_mask[:, None] & col_mask[None, :]
+            rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)[:, None]
+            x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
+            dy = tl.load(DY + rows[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
+            if IS_RMS:
+                xhat = x * rstd
+            else:
+                mean = tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]
+                xhat = tl.where(mask, x - mean, 0.0) * rstd
+            if HAS_WEIGHT:
+                wdy = w * dy
+            else:
+                wdy = dy
+            mean_xhat_wdy = (tl.sum(xhat * wdy, axis=1) / n)[:, None]
+            mean_wdy = (tl.sum(wdy, axis=1) / n)[:, None]
             dx = _input_grad(xhat, wdy, rstd, mean_xhat_wdy, mean_wdy, IS_RMS)
-            tl.store(DX + row * stride_dx_row + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DX + rows[:, None] * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
             if WEIGHT_GRAD:
-                dw_acc += dy * xhat
+                dw_acc += tl.sum(dy * xhat, axis=0)
             if BIAS_GRAD:
-                db_acc += dy
+                db_acc += tl.sum(dy, axis=0)
         if WEIGHT_GRAD:
-            tl.store(DW_partial + cols, dw_acc, mask=mask)
+            tl.store(DW_partial + cols, dw_acc, mask=col_mask)
         if BIAS_GRAD:
-            tl.store(DB_partial + cols, db_acc, mask=mask)
+            tl.store(DB_partial + cols, db_acc, mask=col_mask)
     else:
         # Wide rows: the partial rows (zero-initialised by the caller) are this
         # program's own, so read-modify-write needs no synchronisation.
@@ -267,8 +293,8 @@ def _norm_backward_kernel(
 # --------------------------------------------------------------------------- launch helpers
 
 
-def row_config(n_cols: int, max_fused: int) -> tuple[int, bool, int]:
-    """(BLOCK_N, SINGLE_BLOCK, num_warps) for rows of ``n_cols`` elements (see _rows.row_config)."""
+def row_config(n_cols: int, max_fused: int) -> tuple[int, int, bool, int]:
+    """(BLOCK_M, BLOCK_N, SINGLE_BLOCK, num_warps) for rows of ``n_cols`` elements (see _rows.row_config)."""
     return _rows.row_config(n_cols, max_fused, LOOPED_BLOCK)
 
 
@@ -290,8 +316,8 @@ def norm_forward(
     n_rows, n_cols = x.shape
     if n_rows == 0 or n_cols == 0:
         return
-    block_n, single_block, num_warps = row_config(n_cols, FORWARD_MAX_FUSED)
-    torch.library.wrap_triton(_norm_forward_kernel)[(n_rows,)](
+    block_m, block_n, single_block, num_warps = row_config(n_cols, FORWARD_MAX_FUSED)
+    torch.library.wrap_triton(_norm_forward_kernel)[(triton.cdiv(n_rows, block_m),)](
         x,
         y,
         weight if weight is not None else x,
@@ -300,11 +326,13 @@ def norm_forward(
         rstd,
         x.stride(0),
         y.stride(0),
+        n_rows,
         n_cols,
         eps,
         IS_RMS=rms,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None,
+        BLOCK_M=block_m,
         BLOCK_N=block_n,
         SINGLE_BLOCK=single_block,
         num_warps=num_warps,
@@ -330,7 +358,7 @@ def norm_backward(
     if n_rows == 0 or n_cols == 0:
         zeros = torch.zeros(n_cols, dtype=acc_dtype, device=x.device)
         return (zeros if weight_grad else None), (zeros.clone() if bias_grad else None)
-    block_n, single_block, num_warps = row_config(n_cols, BACKWARD_MAX_FUSED)
+    block_m, block_n, single_block, num_warps = row_config(n_cols, BACKWARD_MAX_FUSED)
     programs = _rows.row_programs(x.device, n_rows, num_warps)
     rows_per_program = triton.cdiv(n_rows, programs)
     programs = triton.cdiv(n_rows, rows_per_program)
@@ -357,6 +385,7 @@ def norm_backward(
         HAS_WEIGHT=weight is not None,
         WEIGHT_GRAD=weight_grad,
         BIAS_GRAD=bias_grad,
+        BLOCK_M=block_m,
         BLOCK_N=block_n,
         SINGLE_BLOCK=single_block,
         num_warps=num_warps,
@@ -371,22 +400,25 @@ def norm_backward(
 
 def compile_variants() -> list[CompileVariant]:
     """The forward and the backward kernel at the widest row held in registers (the most
-    registers a single-block build takes) and at a row twice as wide (looped), with the
-    blocks and warps row_config picks: LayerNorm and RMSNorm, with and without weight and
-    bias, bfloat16 (also with float32 parameters), float32 and float64; the bfloat16
-    LayerNorm builds for sm_80 too."""
+    registers a single-block build takes), at a row twice as wide (looped) and at narrow
+    rows (several per tile), with the tiles and warps row_config picks: LayerNorm and
+    RMSNorm, with and without weight and bias, bfloat16 (also with float32 parameters),
+    float32 and float64; the bfloat16 LayerNorm builds for sm_80 too."""
     bf16, fp32, fp64 = torch.bfloat16, torch.float32, torch.float64
-    cases = [  # (op, x dtype, parameter dtype, HAS_WEIGHT, HAS_BIAS, looped, archs)
-        ("layer_norm", bf16, bf16, True, True, False, (SM90, SM80)),
-        ("layer_norm", bf16, bf16, True, True, True, (SM90, SM80)),
-        ("layer_norm", fp32, fp32, False, False, False, (SM90,)),
-        ("layer_norm", fp32, fp32, False, False, True, (SM90,)),
-        ("rms_norm", bf16, fp32, True, False, False, (SM90,)),
-        ("rms_norm", fp32, fp32, True, False, True, (SM90,)),
-        ("layer_norm", fp64, fp64, True, True, False, (SM90,)),
+    widest, looped = "widest", "looped"
+    cases = [  # (op, x dtype, parameter dtype, HAS_WEIGHT, HAS_BIAS, row width, archs)
+        ("layer_norm", bf16, bf16, True, True, widest, (SM90, SM80)),
+        ("layer_norm", bf16, bf16, True, True, looped, (SM90, SM80)),
+        ("layer_norm", bf16, bf16, True, True, 64, (SM90, SM80)),
+        ("layer_norm", fp32, fp32, False, False, widest, (SM90,)),
+        ("layer_norm", fp32, fp32, False, False, looped, (SM90,)),
+        ("rms_norm", bf16, fp32, True, False, widest, (SM90,)),
+        ("rms_norm", fp32, fp32, True, False, looped, (SM90,)),
+        ("rms_norm", fp32, fp32, True, False, 8, (SM90,)),
+        ("layer_norm", fp64, fp64, True, True, widest, (SM90,)),
     ]
     variants = []
-    for op, x_dtype, param_dtype, weight, bias, looped, archs in cases:
+    for op, x_dtype, param_dtype, weight, bias, width, archs in cases:
         x, acc = "*" + triton_type(x_dtype), "*" + triton_type(accumulate_dtype(x_dtype))
         # the launchers pass x for an absent weight or bias
         w, b = ("*" + triton_type(param_dtype) if given else x for given in (weight, bias))
@@ -394,8 +426,8 @@ def compile_variants() -> list[CompileVariant]:
         params += f" {triton_type(param_dtype)} params" if param_dtype != x_dtype else ""
         for kernel_pass, kernel, max_fused in (("forward", _norm_forward_kernel, FORWARD_MAX_FUSED),
                                                ("backward", _norm_backward_kernel, BACKWARD_MAX_FUSED)):
-            n_cols = 2 * max_fused if looped else max_fused
-            block_n, single_block, num_warps = row_config(n_cols, max_fused)
+            n_cols = {widest: max_fused, looped: 2 * max_fused}.get(width, width)
+            block_m, block_n, single_block, num_warps = row_config(n_cols, max_fused)
             if kernel_pass == "forward":
                 types = dict(X=x, Y=x, W=w, B=b, Mean=acc, Rstd=acc, eps="fp32")
                 flags = dict(HAS_BIAS=bias)
@@ -403,9 +435,10 @@ def compile_variants() -> list[CompileVariant]:
                 types = dict(X=x, DY=x, DX=x, W=w, Mean=acc, Rstd=acc, DW_partial=acc, DB_partial=acc)
                 flags = dict(WEIGHT_GRAD=weight, BIAS_GRAD=bias)
             variants.append(CompileVariant(
-                name=f"{op} {kernel_pass} {triton_type(x_dtype)}{params} N={n_cols}{' looped' if looped else ''}",
+                name=f"{op} {kernel_pass} {triton_type(x_dtype)}{params} N={n_cols}"
+                     f"{' looped' if not single_block else f' {block_m} rows/tile' if block_m > 1 else ''}",
                 kernel=kernel.__name__, types=types,
-                constexprs=dict(flags, IS_RMS=op == "rms_norm", HAS_WEIGHT=weight, BLOCK_N=block_n,
+                constexprs=dict(flags, IS_RMS=op == "rms_norm", HAS_WEIGHT=weight, BLOCK_M=block_m, BLOCK_N=block_n,
                                 SINGLE_BLOCK=single_block),
                 num_warps=num_warps, num_stages=TRITON_DEFAULT_STAGES, archs=archs,
             ))

@@ -64,7 +64,7 @@ def test_wide_row_looped_kernels(monkeypatch, op, width):
     monkeypatch.setattr(kernels, "FORWARD_MAX_FUSED", 16)
     monkeypatch.setattr(kernels, "BACKWARD_MAX_FUSED", 16)
     monkeypatch.setattr(kernels, "LOOPED_BLOCK", 16)
-    assert not kernels.row_config(width, kernels.FORWARD_MAX_FUSED)[1]
+    assert not kernels.row_config(width, kernels.FORWARD_MAX_FUSED)[2]
     info = registry.get(op)
     x = torch.randn(5, width, dtype=torch.float64, requires_grad=True)
     sample = Sample(f"looped-{width}", (x, (width,)), dict(_params(op, (width,)), eps=1e-5))
