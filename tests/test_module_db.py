@@ -22,7 +22,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 import fusednn  # noqa: F401  (registers the drop-ins)
-from fusednn import _runtime, registry, testing
+from fusednn import registry, testing
 
 common_modules = pytest.importorskip("torch.testing._internal.common_modules",
                                      reason="torch's module tests need expecttest (make deps)")
@@ -272,26 +272,6 @@ def test_non_contiguous_tensors(drop_in, info, device, dtype, training, kwargs):
             _assert_same(param_grads, results[0][2], "parameter gradients", rtol=_rtol(dtype))
 
 
-# Triton's interpreter runs one program per row at about a millisecond each; a gradcheck
-# evaluates the module hundreds of times. Inputs above this many elements are checked where
-# Triton compiles (CUDA), not through the interpreter.
-INTERPRETER_GRADCHECK_ELEMENTS = 1000
-
-
-def _skip_if_interpreted_and_large(module, module_input, device) -> None:
-    if device != "cpu" or not _runtime.interpreter_enabled():
-        return
-    args, fkwargs = module_input.forward_input.args, module_input.forward_input.kwargs
-    largest = max((t.numel() for t in tree_leaves((args, fkwargs)) if isinstance(t, torch.Tensor)), default=0)
-    if largest <= INTERPRETER_GRADCHECK_ELEMENTS:
-        return
-    with torch.no_grad(), freeze_rng_state(), testing.recording_fusednn_calls() as calls:
-        module(*args, **fkwargs)
-    if any(testing.is_triton_op(call.op) for call in calls):
-        pytest.skip(f"an input of {largest} elements through Triton's interpreter (one program per row): "
-                    "gradchecked on CUDA")
-
-
 def _gradient_check_params(dtypes=(torch.float64,)):
     params = []
     for param in _params("grad", dtypes=dtypes):
@@ -303,11 +283,11 @@ def _gradient_check_params(dtypes=(torch.float64,)):
 
 def _gradient_checks(drop_in, info, device, dtype, training, kwargs, index, check):
     """torch's: the total derivative over inputs, parameters and keyword tensors, then each
-    parameter and keyword tensor alone. Fast mode (random projections of the Jacobian):
-    the per-element Jacobian of slow mode costs an evaluation per input element."""
+    parameter and keyword tensor alone. In gradcheck's fast mode (the Jacobian against random
+    vectors): slow mode's one evaluation per input element takes over ten minutes here for
+    the double backward of the LSTM inputs alone."""
     module_input = _inputs(info, device, dtype, training, kwargs, requires_grad=True)[index]
     module = _construct(drop_in.module, module_input, device, dtype, training)
-    _skip_if_interpreted_and_large(module, module_input, device)
     params = tuple(module.parameters())
     args, fkwargs = module_input.forward_input.args, module_input.forward_input.kwargs
     tensor_kwargs = [(k, v) for k, v in fkwargs.items() if isinstance(v, torch.Tensor)]
