@@ -6,7 +6,8 @@ module test suite with the inputs of torch's ModuleInfo for its twin
 the same weights, and torch's reference_fn where the entry has one), factory kwargs,
 repr, pickling and state_dict, non-contiguous inputs, gradcheck and gradgradcheck (total
 and partial derivatives, float64), memory formats of outputs and gradients, the
-train/eval flag, error inputs (torch's exception type and message), and ``.to()``.
+train/eval flag, error inputs (torch's exception type and message), ``.to()``, and
+``torch.jit.script`` where torch's twin compiles with it.
 torch's own skips for the twin (its ModuleInfo decorators) apply; its expected failures
 do not (a drop-in may do better than the twin). A new drop-in joins with its decorator.
 """
@@ -443,6 +444,27 @@ def test_errors(drop_in, info, device, dtype, training, kwargs):
             with pytest.raises(error.error_type) as raised:
                 module(*module_input.forward_input.args, **module_input.forward_input.kwargs)
             assert re.search(error.error_regex, str(raised.value)), (error.error_regex, str(raised.value))
+
+
+@pytest.mark.parametrize("drop_in, info, device, dtype, training, kwargs", _params("torchscript", dtypes=(torch.float64,)))
+def test_torchscript(drop_in, info, device, dtype, training, kwargs):
+    """Where torch's twin compiles with torch.jit.script, the drop-in does too and the
+    scripted module gives the eager outputs."""
+    compiled = 0
+    for module_input in _inputs(info, device, dtype, training, kwargs, requires_grad=False):
+        ours, theirs = _pair(drop_in, module_input, device, dtype, training)
+        try:
+            torch.jit.script(theirs)
+        except Exception:  # noqa: BLE001  (whatever TorchScript raises: not a case torch supports)
+            continue
+        scripted = torch.jit.script(ours)
+        compiled += 1
+        if _has_dropout(ours):
+            continue
+        args, fkwargs = module_input.forward_input.args, module_input.forward_input.kwargs
+        _assert_same(scripted(*args, **fkwargs), ours(*args, **fkwargs), "scripted output")
+    if not compiled:
+        pytest.skip(f"torch's {drop_in.twin.__name__} compiles with torch.jit.script for none of these inputs")
 
 
 def _sum_backward(outputs) -> None:

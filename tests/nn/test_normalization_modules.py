@@ -88,3 +88,17 @@ def test_module_uses_the_kernel_and_trains(device, dtype):
     assert "fusednn" in ours(x).grad_fn.name()
     for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
         assert_close(p_ours, p_theirs.double())
+
+
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm"])
+def test_torchscript_and_trace(name):
+    """torch.jit.script compiles the module (to torch's function) and torch.jit.trace records
+    the fused op; both give the eager results."""
+    ours = getattr(fusednn.nn, name)(7).double()
+    with torch.no_grad():
+        ours.weight.normal_()
+    theirs = getattr(torch.nn, name)(7).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, dtype=torch.float64)
+    assert_close(torch.jit.script(ours)(x), theirs(x))
+    assert_close(torch.jit.trace(ours, (x,))(x), theirs(x))

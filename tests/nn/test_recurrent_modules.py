@@ -222,3 +222,49 @@ def test_weight_gradients_are_contiguous(cls):
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
         assert p.grad.is_contiguous() and p.grad.stride() == q.grad.stride(), name
         testing.assert_close(p.grad, q.grad, name=name)
+
+
+def test_lstm_cell_torchscript_and_trace():
+    """torch.jit.script compiles LSTMCell (to torch's cell kernel) and gives the eager
+    results, with and without a state; torch.jit.trace passes its own sanity check."""
+    ours, theirs = _pair(torch.nn.LSTMCell, fusednn.nn.LSTMCell, 3, 4)
+    scripted = torch.jit.script(ours)
+    x, hx = _randn(2, 3), (_randn(2, 4), _randn(2, 4))
+    for args in ((x,), (x, hx), (x[0], (hx[0][0], hx[1][0]))):
+        for a, e in zip(scripted(*args), theirs(*args)):
+            testing.assert_close(a, e)
+    traced = torch.jit.trace(ours, (x, hx))
+    for a, e in zip(traced(x, hx), theirs(x, hx)):
+        testing.assert_close(a, e)
+
+
+def test_lstm_trace_passes_its_check():
+    """The workspace flag is fixed under tracing, so trace's rerun (without grad) matches."""
+    ours, theirs = _pair(torch.nn.LSTM, fusednn.nn.LSTM, 3, 4, num_layers=2)
+    x = _randn(5, 2, 3)
+    traced = torch.jit.trace(ours, (x,))
+    testing.assert_close(traced(x)[0], theirs(x)[0])
+    traced(x)[0].sum().backward()  # the traced module still trains
+    assert ours.weight_ih_l0.grad is not None
+
+
+class _Tagger(torch.nn.Module):
+    """A model holding an LSTM, as torch.jit.script users have them."""
+
+    def __init__(self, lstm_cls):
+        super().__init__()
+        self.lstm = lstm_cls(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0])
+
+
+def test_lstm_inside_a_scripted_model():
+    """torch.jit.script of a model holding fusednn.nn.LSTM compiles (tensor inputs run
+    torch's kernel there) and gives the eager model's output."""
+    ours, theirs = _Tagger(fusednn.nn.LSTM).double(), _Tagger(torch.nn.LSTM).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = _randn(2, 5, 3)
+    testing.assert_close(torch.jit.script(ours)(x), theirs(x))
+    testing.assert_close(ours(x), theirs(x))

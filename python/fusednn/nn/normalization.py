@@ -2,11 +2,14 @@
 
 They subclass the torch modules, so constructor arguments, parameters (``weight``,
 ``bias``), ``state_dict`` and ``extra_repr`` are torch's own; only ``forward`` changes.
+``torch.jit.script`` compiles them to torch's own functions (TorchScript cannot compile
+the fused ops' Python).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from fusednn import ops, registry
 
@@ -22,6 +25,12 @@ class LayerNorm(torch.nn.LayerNorm):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only: torch's function
+            return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return self._fused_forward(input)
+
+    @torch.jit.unused
+    def _fused_forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
@@ -34,4 +43,10 @@ class RMSNorm(torch.nn.RMSNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only: torch's function
+            return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return self._fused_forward(x)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.rms_norm(x, self.normalized_shape, self.weight, self.eps)

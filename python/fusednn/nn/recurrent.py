@@ -7,6 +7,8 @@ Every layer and direction is one call of ``fusednn.ops.lstm``.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
@@ -37,10 +39,47 @@ class LSTM(torch.nn.LSTM):
 
     Supports multiple layers, ``bidirectional``, ``batch_first``, ``dropout`` between
     layers in training, ``proj_size``, ``PackedSequence`` input (and output), optional
-    ``(h_0, c_0)`` and unbatched 2-D input.
+    ``(h_0, c_0)`` and unbatched 2-D input. ``torch.jit.script`` (of the module, or of a
+    model holding it) compiles tensor inputs to torch's own LSTM kernel; PackedSequence
+    inputs are eager only.
     """
 
-    def forward(self, input, hx=None):  # noqa: A002  (torch's argument name)
+    def forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # noqa: A002
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return self._scripted_forward(input, hx)
+        return self._fused_forward(input, hx)
+
+    def _scripted_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
+                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """torch's LSTM computation for tensor inputs (its own kernel), in code TorchScript
+        compiles: TorchScript cannot compile the fused op's Python."""
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        x = input if batched else input.unsqueeze(batch_dim)
+        directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        B = x.size(0) if self.batch_first else x.size(1)
+        if hx is None:
+            h0 = torch.zeros(self.num_layers * directions, B, real_hidden, dtype=x.dtype, device=x.device)
+            c0 = torch.zeros(self.num_layers * directions, B, self.hidden_size, dtype=x.dtype, device=x.device)
+        else:
+            h0, c0 = hx
+            if not batched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        self.check_forward_args(x, (h0, c0), None)
+        result = torch._VF.lstm(x, (h0, c0), self._flat_weights, self.bias, self.num_layers, float(self.dropout),
+                                self.training, self.bidirectional, self.batch_first)
+        output, h_n, c_n = result[0], result[1], result[2]
+        if not batched:
+            return output.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
+        return output, (h_n, c_n)
+
+    @torch.jit.unused
+    def _fused_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         packed = isinstance(input, PackedSequence)
         batch_sizes = lengths = None
         if packed:
@@ -131,9 +170,34 @@ class LSTM(torch.nn.LSTM):
 
 @registry.drop_in(torch.nn.LSTMCell)
 class LSTMCell(torch.nn.LSTMCell):
-    """``torch.nn.LSTMCell`` (same arguments, parameters, inputs and outputs) on fused kernels."""
+    """``torch.nn.LSTMCell`` (same arguments, parameters, inputs and outputs) on fused kernels.
+    ``torch.jit.script`` compiles it to torch's own cell kernel."""
 
-    def forward(self, input, hx=None):  # noqa: A002  (torch's argument name)
+    def forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # noqa: A002
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return self._scripted_forward(input, hx)
+        return self._fused_forward(input, hx)
+
+    def _scripted_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch's LSTMCell computation (its own cell kernel), in code TorchScript compiles:
+        TorchScript cannot compile the fused op's Python."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+            state = (zeros, zeros)
+        else:
+            state = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = torch._VF.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+    @torch.jit.unused
+    def _fused_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         args = Args("fusednn.nn.LSTMCell")
         # torch's checks in torch's order, each message also carrying torch's own text.
         args.tensor("input", input, dtypes=None)

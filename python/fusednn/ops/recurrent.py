@@ -159,6 +159,10 @@ torch.library.register_autograd("fusednn::lstm_forward", _backward, setup_contex
 
 
 def _needs_grad(*tensors) -> bool:
+    """Whether the forward saves its workspace. Always under torch.jit.trace: a trace fixes
+    the flag as a constant, and its sanity check reruns the forward without grad mode."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
