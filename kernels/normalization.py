@@ -53,13 +53,14 @@ def _centered(x, mean, mask, IS_RMS: tl.constexpr):
 
 
 @triton.jit
-def _store_affine(Y, W, B, cols, mask, xhat, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """y = xhat * w + b, stored in Y's dtype."""
+def _store_affine(Y, W, B, cols, col_mask, mask, xhat, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """y = xhat * w + b, stored in Y's dtype. ``cols``/``col_mask`` index the weight and bias
+    (once per column, also for a tile of rows); ``mask`` guards the store."""
     y = xhat
     if HAS_WEIGHT:
-        y = y * tl.load(W + cols, mask=mask, other=0.0).to(xhat.dtype)
+        y = y * tl.load(W + cols, mask=col_mask, other=0.0).to(xhat.dtype)
     if HAS_BIAS:
-        y = y + tl.load(B + cols, mask=mask, other=0.0).to(xhat.dtype)
+        y = y + tl.load(B + cols, mask=col_mask, other=0.0).to(xhat.dtype)
     tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -95,20 +96,15 @@ def _norm_forward_kernel(
         mask = row_mask[:, None] & (cols < N)[None, :]
         x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
         if IS_RMS:
-            xc = x
+            mean = 0.0
         else:
-            mean = tl.sum(x, axis=1) / n
-            xc = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / n + eps)
-        y = xc * rstd[:, None]
-        if HAS_WEIGHT:
-            y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(acc_dtype)[None, :]
-        if HAS_BIAS:
-            y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(acc_dtype)[None, :]
-        tl.store(Y + rows[:, None] * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-        tl.store(Rstd + rows, rstd, mask=row_mask)
-        if not IS_RMS:
-            tl.store(Mean + rows, mean, mask=row_mask)
+            mean = (tl.sum(x, axis=1) / n)[:, None]
+            tl.store(Mean + rows[:, None], mean, mask=row_mask[:, None])
+        xc = _centered(x, mean, mask, IS_RMS)
+        rstd = (1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / n + eps))[:, None]
+        tl.store(Rstd + rows[:, None], rstd, mask=row_mask[:, None])
+        _store_affine(Y + rows[:, None] * stride_y_row, W, B, cols[None, :], (cols < N)[None, :], mask, xc * rstd,
+                      HAS_WEIGHT, HAS_BIAS)
     else:
         # One wide row per program, walked in column blocks.
         row = tl.program_id(0).to(tl.int64)
@@ -135,7 +131,7 @@ def _norm_forward_kernel(
             block_mask = block_cols < N
             x = tl.load(X + block_cols, mask=block_mask, other=0.0).to(acc_dtype)
             xc = _centered(x, mean, block_mask, IS_RMS)
-            _store_affine(Y, W, B, block_cols, block_mask, xc * rstd, HAS_WEIGHT, HAS_BIAS)
+            _store_affine(Y, W, B, block_cols, block_mask, block_mask, xc * rstd, HAS_WEIGHT, HAS_BIAS)
         tl.store(Rstd + row, rstd)
         if not IS_RMS:
             tl.store(Mean + row, mean)
@@ -232,17 +228,13 @@ def _norm_backward_kernel(
             row_mask = rows < row_end
             mask = row_mask[:, None] & col_mask[None, :]
             rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)[:, None]
-            x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
-            dy = tl.load(DY + rows[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
             if IS_RMS:
-                xhat = x * rstd
+                mean = 0.0
             else:
                 mean = tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]
-                xhat = tl.where(mask, x - mean, 0.0) * rstd
-            if HAS_WEIGHT:
-                wdy = w * dy
-            else:
-                wdy = dy
+            x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
+            dy = tl.load(DY + rows[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(acc_dtype)
+            xhat, wdy = _normalized_and_weighted_grad(x, dy, w, mean, rstd, mask, IS_RMS, HAS_WEIGHT)
             mean_xhat_wdy = (tl.sum(xhat * wdy, axis=1) / n)[:, None]
             mean_wdy = (tl.sum(wdy, axis=1) / n)[:, None]
             dx = _input_grad(xhat, wdy, rstd, mean_xhat_wdy, mean_wdy, IS_RMS)

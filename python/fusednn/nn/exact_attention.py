@@ -108,9 +108,28 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         is_causal: bool = False,
     ) -> tuple[Tensor, Optional[Tensor]]:
         if torch.jit.is_scripting():
-            # TorchScript compiles this branch only.
-            return self._scripted_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
-                                          average_attn_weights, is_causal)
+            # TorchScript compiles this branch only: torch's F.multi_head_attention_forward
+            # (sequence-first), which checks the arguments itself.
+            if query.is_nested or key.is_nested or value.is_nested:
+                raise AssertionError("fusednn.nn.MultiheadAttention: a TorchScript-compiled module does not take "
+                                     "nested tensors; the eager module takes them where torch's does (its fast path)")
+            transpose = self.batch_first and query.dim() == 3
+            if transpose:
+                # One transpose per distinct tensor: F.multi_head_attention_forward recognises
+                # self-attention (one projection GEMM) by identity.
+                key_is_value = key is value
+                self_attention = query is key and key_is_value
+                query = query.transpose(1, 0)
+                key = query if self_attention else key.transpose(1, 0)
+                value = key if key_is_value else value.transpose(1, 0)
+            out, weights = F.multi_head_attention_forward(
+                query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias,
+                self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight, self.out_proj.bias,
+                training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                attn_mask=attn_mask, use_separate_proj_weight=not self._qkv_same_embed_dim,
+                q_proj_weight=self.q_proj_weight, k_proj_weight=self.k_proj_weight,
+                v_proj_weight=self.v_proj_weight, average_attn_weights=average_attn_weights, is_causal=is_causal)
+            return (out.transpose(1, 0) if transpose else out), weights
         if query.is_nested or key.is_nested or value.is_nested:
             # torch accepts nested tensors only on its fast path (torch._native_multi_head_attention,
             # an inference kernel that takes them as they are). Its forward decides whether the
@@ -123,49 +142,6 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                                    is_causal=is_causal)
         return self._fused_forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
                                    is_causal)
-
-    def _scripted_forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Optional[Tensor],
-        need_weights: bool,
-        attn_mask: Optional[Tensor],
-        average_attn_weights: bool,
-        is_causal: bool,
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """The module's computation in code TorchScript compiles: torch's
-        ``F.multi_head_attention_forward`` (sequence-first), which checks the arguments itself."""
-        if query.is_nested or key.is_nested or value.is_nested:
-            raise AssertionError("fusednn.nn.MultiheadAttention: a TorchScript-compiled module does not take nested "
-                                 "tensors; the eager module takes them where torch's does (its fast path)")
-        transpose = self.batch_first and query.dim() == 3
-        if transpose:
-            # One transpose per distinct tensor: F.multi_head_attention_forward recognises
-            # self-attention (one projection GEMM) by identity.
-            if query is key and key is value:
-                query = query.transpose(1, 0)
-                key = query
-                value = query
-            elif key is value:
-                query = query.transpose(1, 0)
-                key = key.transpose(1, 0)
-                value = key
-            else:
-                query = query.transpose(1, 0)
-                key = key.transpose(1, 0)
-                value = value.transpose(1, 0)
-        out, weights = F.multi_head_attention_forward(
-            query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias, self.bias_k,
-            self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight, self.out_proj.bias,
-            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
-            attn_mask=attn_mask, use_separate_proj_weight=not self._qkv_same_embed_dim,
-            q_proj_weight=self.q_proj_weight, k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
-            average_attn_weights=average_attn_weights, is_causal=is_causal)
-        if transpose:
-            out = out.transpose(1, 0)
-        return out, weights
 
     @torch.jit.unused
     def _fused_forward(

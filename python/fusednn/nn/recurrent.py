@@ -46,36 +46,32 @@ class LSTM(torch.nn.LSTM):
 
     def forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # noqa: A002
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        if torch.jit.is_scripting():  # TorchScript compiles this branch only
-            return self._scripted_forward(input, hx)
-        return self._fused_forward(input, hx)
-
-    def _scripted_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
-                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """torch's LSTM computation for tensor inputs (its own kernel), in code TorchScript
-        compiles: TorchScript cannot compile the fused op's Python."""
-        if input.dim() not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        x = input if batched else input.unsqueeze(batch_dim)
-        directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        B = x.size(0) if self.batch_first else x.size(1)
-        if hx is None:
-            h0 = torch.zeros(self.num_layers * directions, B, real_hidden, dtype=x.dtype, device=x.device)
-            c0 = torch.zeros(self.num_layers * directions, B, self.hidden_size, dtype=x.dtype, device=x.device)
-        else:
-            h0, c0 = hx
+        if torch.jit.is_scripting():
+            # TorchScript compiles this branch only: torch's LSTM for tensor inputs, its own
+            # kernel (TorchScript cannot compile the fused op's Python).
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            x = input if batched else input.unsqueeze(batch_dim)
+            directions = 2 if self.bidirectional else 1
+            real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+            B = x.size(0) if self.batch_first else x.size(1)
+            if hx is None:
+                h0 = torch.zeros(self.num_layers * directions, B, real_hidden, dtype=x.dtype, device=x.device)
+                c0 = torch.zeros(self.num_layers * directions, B, self.hidden_size, dtype=x.dtype, device=x.device)
+            else:
+                h0, c0 = hx
+                if not batched:
+                    h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            self.check_forward_args(x, (h0, c0), None)
+            result = torch._VF.lstm(x, (h0, c0), self._flat_weights, self.bias, self.num_layers, float(self.dropout),
+                                    self.training, self.bidirectional, self.batch_first)
+            output, h_n, c_n = result[0], result[1], result[2]
             if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        self.check_forward_args(x, (h0, c0), None)
-        result = torch._VF.lstm(x, (h0, c0), self._flat_weights, self.bias, self.num_layers, float(self.dropout),
-                                self.training, self.bidirectional, self.batch_first)
-        output, h_n, c_n = result[0], result[1], result[2]
-        if not batched:
-            return output.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
-        return output, (h_n, c_n)
+                return output.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
+            return output, (h_n, c_n)
+        return self._fused_forward(input, hx)
 
     @torch.jit.unused
     def _fused_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
@@ -175,25 +171,20 @@ class LSTMCell(torch.nn.LSTMCell):
 
     def forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # noqa: A002
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.jit.is_scripting():  # TorchScript compiles this branch only
-            return self._scripted_forward(input, hx)
+        if torch.jit.is_scripting():
+            # TorchScript compiles this branch only: torch's LSTMCell, its own cell kernel.
+            if input.dim() not in (1, 2):
+                raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            batched = input.dim() == 2
+            x = input if batched else input.unsqueeze(0)
+            if hx is None:
+                zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+                state = (zeros, zeros)
+            else:
+                state = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+            h, c = torch._VF.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
         return self._fused_forward(input, hx)
-
-    def _scripted_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """torch's LSTMCell computation (its own cell kernel), in code TorchScript compiles:
-        TorchScript cannot compile the fused op's Python."""
-        if input.dim() not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        batched = input.dim() == 2
-        x = input if batched else input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
-            state = (zeros, zeros)
-        else:
-            state = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        h, c = torch._VF.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
 
     @torch.jit.unused
     def _fused_forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]],  # noqa: A002
