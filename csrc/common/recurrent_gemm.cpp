@@ -1,122 +1,195 @@
-// The CPU's recurrent GEMMs (see recurrent_gemm.h), through the Fortran BLAS that
-// libtorch_cpu exports where torch is built with one (MKL, OpenBLAS).
+// The CPU's recurrent GEMMs (see recurrent_gemm.h).
 
 #include "common/recurrent_gemm.h"
 
-#include <limits>
-#include <type_traits>
-#include <vector>
+#include <ATen/core/dispatch/Dispatcher.h>
 
-// Weak: without a BLAS, fuses() says no and the time loops use ATen's GEMM.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc) __attribute__((weak));
-}
+#include <cstring>
+#include <type_traits>
+
+#include "common/cpu_math.h"
 
 namespace fusednn {
 namespace {
 
-// Row-major C = A B is, in BLAS's column-major terms, C^T = B^T A^T: B goes first.
-template <typename T>
-void gemm_row_major(int m, int n, int k, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
-  const char no = 'N';
-  const T one = 1, zero = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    sgemm_(&no, &no, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
-  } else {
-    dgemm_(&no, &no, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
+constexpr int64_t kUnits = UnitPanels::kUnits;
+
+// A vector of kVectorBytes / sizeof(T) values of T (one register of the ISA it is compiled
+// for), loadable from any T-aligned address.
+template <typename T, int kVectorBytes>
+struct Vector {
+  typedef T type __attribute__((vector_size(kVectorBytes), aligned(sizeof(T))));
+};
+
+// Rows [0, MR) of a tile: tile[r][g][u] = sum_k input[r][k] panel[k][g][u]. A group's
+// kUnits values span NV vectors; the tile is computed one vector column c at a time
+// (vector c of every group), with its MR x G accumulators in registers and the panel's G
+// vectors of one k loaded once for all MR rows.
+template <typename T, int kVectorBytes, int G, int MR>
+FUSEDNN_INLINE void tile_rows(const T* __restrict__ input, int64_t lda, const T* __restrict__ panel, int64_t K,
+                              T* __restrict__ tile) {
+  using V = typename Vector<T, kVectorBytes>::type;
+  constexpr int kLanes = kVectorBytes / sizeof(T), NV = kUnits / kLanes;
+  for (int c = 0; c < NV; ++c) {
+    V acc[MR][G];
+    for (int r = 0; r < MR; ++r) {
+      for (int g = 0; g < G; ++g) acc[r][g] = V{};
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      V w[G];
+      for (int g = 0; g < G; ++g) w[g] = *reinterpret_cast<const V*>(panel + (k * G + g) * kUnits + c * kLanes);
+      for (int r = 0; r < MR; ++r) {
+        const T s = input[r * lda + k];
+        for (int g = 0; g < G; ++g) acc[r][g] += s * w[g];
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      for (int g = 0; g < G; ++g) std::memcpy(tile + (r * G + g) * kUnits + c * kLanes, &acc[r][g], sizeof(V));
+    }
   }
 }
 
-template <typename T>
-void gemm_block_typed(const RecurrentGemm& g, int64_t row_begin, int64_t row_end, int64_t col_begin,
-                      int64_t col_end) {
-  const T* input = static_cast<const T*>(g.input) + row_begin * g.k;
-  const T* weight = static_cast<const T*>(g.weight) + col_begin;
-  T* output = static_cast<T*>(g.output) + row_begin * g.n + col_begin;
-  gemm_row_major<T>(static_cast<int>(row_end - row_begin), static_cast<int>(col_end - col_begin),
-                    static_cast<int>(g.k), input, static_cast<int>(g.k), weight, static_cast<int>(g.n), output,
-                    static_cast<int>(g.n));
+// Rows per register tile: the MR x G accumulators (one register each) fill at most half of
+// the ISA's kRegisters vector registers (at most 8 rows), leaving room for the panel's.
+constexpr int rows_per_tile(int kRegisters, int G) { return std::max(1, std::min(8, kRegisters / 2 / G)); }
+
+template <typename T, int kVectorBytes, int kRegisters, int G>
+FUSEDNN_INLINE void tile_all_rows(const T* input, int64_t lda, int64_t rows, const T* panel, int64_t K, T* tile) {
+  constexpr int MR = rows_per_tile(kRegisters, G);
+  int64_t r = 0;
+  for (; r + MR <= rows; r += MR) {
+    tile_rows<T, kVectorBytes, G, MR>(input + r * lda, lda, panel, K, tile + r * G * kUnits);
+  }
+  for (; r < rows; ++r) tile_rows<T, kVectorBytes, G, 1>(input + r * lda, lda, panel, K, tile + r * G * kUnits);
 }
 
-// One thread's share of the split-K GEMM: output = input[:, k_begin:k_end] W[k_begin:k_end, :].
-template <typename T>
-void gemm_k_block(const RecurrentGemm& g, int64_t rows, int64_t k_begin, int64_t k_end, T* output) {
-  const int n = static_cast<int>(g.n);
-  gemm_row_major<T>(static_cast<int>(rows), n, static_cast<int>(k_end - k_begin),
-                    static_cast<const T*>(g.input) + k_begin, static_cast<int>(g.k),
-                    static_cast<const T*>(g.weight) + k_begin * g.n, n, output, n);
-}
-
-// Prefetch the part'th of `parts` shares of a byte range. Prefetches do not fault.
-inline void prefetch_share(const PrefetchRange& range, int64_t part, int64_t parts) {
-  for (int64_t i = range.bytes * part / parts, end = range.bytes * (part + 1) / parts; i < end; i += 64) {
-    __builtin_prefetch(reinterpret_cast<const char*>(range.address + static_cast<std::uintptr_t>(i)), 0, 3);
+template <typename T, int kVectorBytes, int kRegisters>
+FUSEDNN_INLINE void multiply_typed(const T* input, int64_t lda, int64_t rows, const T* panel, int64_t K, int64_t G,
+                                   T* tile) {
+  switch (G) {
+    case 1: tile_all_rows<T, kVectorBytes, kRegisters, 1>(input, lda, rows, panel, K, tile); break;
+    case 3: tile_all_rows<T, kVectorBytes, kRegisters, 3>(input, lda, rows, panel, K, tile); break;
+    default: tile_all_rows<T, kVectorBytes, kRegisters, 4>(input, lda, rows, panel, K, tile);
   }
 }
 
-// BLAS's own two-thread run of [16, 4H] x [4H, H] is no faster than one thread;
-// splitting the output columns instead wins less (2 threads, B = 16, H = 256: LSTM
-// backward 16.2 ms through ATen, 15.2 split by columns, 14.1 by 4H). The prefetches
-// matter because the next pointwise step reads a new 4 KiB page per row, which
-// defeats the hardware prefetcher.
+// One entry point per ISA and type; the always-inline kernel above is compiled into each.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FUSEDNN_HAS_ISA_VARIANTS 1
 template <typename T>
-void gemm_split_k_typed(const RecurrentGemm& g, int64_t rows, std::initializer_list<PrefetchRange> prefetch) {
-  const int64_t n = g.n, K = g.k;
-  // Chunks of at least 128 (16-aligned) of the inner dimension.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), K / 128));
-  thread_local std::vector<T> scratch;  // the partial sums of chunks 1..chunks-1
-  scratch.resize((chunks - 1) * rows * n);
-  T* partials = scratch.data();  // thread_locals are per thread: pass the pointer
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (const PrefetchRange& range : prefetch) prefetch_share(range, begin, chunks);
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t k_begin = K * c / chunks / 16 * 16, k_end = c + 1 == chunks ? K : K * (c + 1) / chunks / 16 * 16;
-      T* output = c == 0 ? static_cast<T*>(g.output) : partials + (c - 1) * rows * n;
-      gemm_k_block<T>(g, rows, k_begin, k_end, output);
-    }
-  });
-  if (chunks == 1) return;
-  const int64_t grain = std::max<int64_t>(1, 32768 / ((chunks - 1) * n));  // small sums stay on this thread
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    T* __restrict__ out = static_cast<T*>(g.output);
-    for (int64_t c = 1; c < chunks; ++c) {
-      const T* __restrict__ partial = partials + (c - 1) * rows * n;
-      for (int64_t i = begin * n; i < end * n; ++i) out[i] += partial[i];
-    }
-  });
+__attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void multiply_avx512(const T* input, int64_t lda,
+                                                                              int64_t rows, const T* panel, int64_t K,
+                                                                              int64_t G, T* tile) {
+  multiply_typed<T, 64, 32>(input, lda, rows, panel, K, G, tile);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void multiply_avx2(const T* input, int64_t lda, int64_t rows, const T* panel,
+                                                       int64_t K, int64_t G, T* tile) {
+  multiply_typed<T, 32, 16>(input, lda, rows, panel, K, G, tile);
+}
+#endif
+template <typename T>
+void multiply_baseline(const T* input, int64_t lda, int64_t rows, const T* panel, int64_t K, int64_t G, T* tile) {
+  multiply_typed<T, 16, 16>(input, lda, rows, panel, K, G, tile);
+}
+
+enum class Isa { kAvx512, kAvx2, kBaseline };
+
+Isa detect_isa() {
+#ifdef FUSEDNN_HAS_ISA_VARIANTS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+template <typename T>
+void multiply_dispatch(const T* input, int64_t lda, int64_t rows, const T* panel, int64_t K, int64_t G, T* tile) {
+  static const Isa isa = detect_isa();
+#ifdef FUSEDNN_HAS_ISA_VARIANTS
+  if (isa == Isa::kAvx512) return multiply_avx512<T>(input, lda, rows, panel, K, G, tile);
+  if (isa == Isa::kAvx2) return multiply_avx2<T>(input, lda, rows, panel, K, G, tile);
+#endif
+  multiply_baseline<T>(input, lda, rows, panel, K, G, tile);
 }
 
 }  // namespace
 
-bool fuses(Storage storage, int64_t rows, const RecurrentGemm& g) {
-  const bool has_blas =
-      storage == Storage::kFloat32 ? sgemm_ != nullptr : storage == Storage::kFloat64 && dgemm_ != nullptr;
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  return has_blas && rows > 0 && g.k > 0 && g.n > 0 && g.input != nullptr && g.weight != nullptr &&
-         g.output != nullptr && rows <= kIntMax && g.k <= kIntMax && g.n <= kIntMax;
+bool UnitPanels::usable(const at::Tensor& weight) {
+  return weight.defined() && weight.device().is_cpu() &&
+         (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble);
 }
 
-void gemm_block(Storage storage, const RecurrentGemm& g, int64_t row_begin, int64_t row_end, int64_t col_begin,
-                int64_t col_end) {
-  if (storage == Storage::kFloat32) {
-    gemm_block_typed<float>(g, row_begin, row_end, col_begin, col_end);
+UnitPanels::UnitPanels(const at::Tensor& weight, int64_t groups, int64_t units)
+    : k_(weight.size(0)), groups_(groups), units_(units) {
+  TORCH_CHECK(groups == 1 || groups == 3 || groups == 4, "UnitPanels: groups must be 1, 3 or 4; got ", groups);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == groups * units, "UnitPanels: weight must be [k, groups * units]");
+  const int64_t padded = blocks() * kUnits;
+  // [k, groups, padded units] -> [blocks, k, groups, kUnits], zeros past `units`.
+  at::Tensor grouped = at::zeros({k_, groups, padded}, weight.options());
+  grouped.narrow(2, 0, units).copy_(weight.view({k_, groups, units}));
+  panels_ = grouped.view({k_, groups, blocks(), kUnits}).permute({2, 0, 1, 3}).contiguous();
+}
+
+void UnitPanels::multiply(const void* input, int64_t lda, int64_t rows, int64_t block, void* tile) const {
+  const int64_t panel_elements = k_ * groups_ * kUnits;
+  if (panels_.scalar_type() == at::kFloat) {
+    multiply_dispatch<float>(static_cast<const float*>(input), lda, rows,
+                             panels_.const_data_ptr<float>() + block * panel_elements, k_, groups_,
+                             static_cast<float*>(tile));
   } else {
-    gemm_block_typed<double>(g, row_begin, row_end, col_begin, col_end);
+    multiply_dispatch<double>(static_cast<const double*>(input), lda, rows,
+                              panels_.const_data_ptr<double>() + block * panel_elements, k_, groups_,
+                              static_cast<double*>(tile));
   }
 }
 
-void gemm_split_k(Storage storage, const RecurrentGemm& g, int64_t rows,
-                  std::initializer_list<PrefetchRange> prefetch) {
-  if (storage == Storage::kFloat32) {
-    gemm_split_k_typed<float>(g, rows, prefetch);
-  } else {
-    gemm_split_k_typed<double>(g, rows, prefetch);
-  }
+namespace {
+
+using LinearFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                            c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
+using ReorderFn = at::Tensor(const at::Tensor&, std::optional<int64_t>);
+
+// The two operators, or nothing where this torch has no oneDNN.
+struct OneDnnOps {
+  std::optional<c10::TypedOperatorHandle<LinearFn>> linear;
+  std::optional<c10::TypedOperatorHandle<ReorderFn>> reorder;
+};
+
+const OneDnnOps& onednn_ops() {
+  static const OneDnnOps ops = [] {
+    OneDnnOps found;
+    auto& dispatcher = c10::Dispatcher::singleton();
+    auto linear = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
+    auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
+    if (linear.has_value() && reorder.has_value() && at::hasMKLDNN() &&
+        linear->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+        reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+      found.linear = linear->typed<LinearFn>();
+      found.reorder = reorder->typed<ReorderFn>();
+    }
+    return found;
+  }();
+  return ops;
+}
+
+}  // namespace
+
+bool OneDnnLinear::usable(const at::Tensor& weight) {
+  return weight.defined() && weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
+         weight.numel() > 0 && onednn_ops().linear.has_value();
+}
+
+OneDnnLinear::OneDnnLinear(const at::Tensor& weight, int64_t rows)
+    : packed_(onednn_ops().reorder->call(weight.contiguous(), std::max<int64_t>(rows, 1))) {}
+
+at::Tensor OneDnnLinear::operator()(const at::Tensor& input) const {
+  return onednn_ops().linear->call(input, packed_, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(),
+                                   std::nullopt);
 }
 
 }  // namespace fusednn

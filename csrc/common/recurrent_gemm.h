@@ -1,83 +1,70 @@
-// The recurrent GEMM of one time step of a recurrent cell (LSTM, GRU, RNN), and how
-// the CPU shares a step's work out among its threads.
+// The recurrent GEMM of one time step of a recurrent cell (LSTM, GRU, RNN) on the CPU,
+// and the oneDNN GEMM of the all-steps products.
 //
-// The time loop describes each step's GEMM with a RecurrentGemm. On the CPU the cell
-// runs it itself, fused with its pointwise step (recurrent_gemm.cpp: single-threaded
-// BLAS calls inside at::parallel_for), whenever fuses() says so:
-//   forward   gemm_then_pointwise: each thread multiplies its own batch rows and
-//             activates them at once (one fork/join per step instead of two);
-//   backward  the pointwise step over all rows (parallel_rows), then gemm_split_k,
-//             which splits the GEMM over its inner dimension.
-// Otherwise the time loop runs the GEMM through ATen and the pointwise step alone.
+// A step multiplies a few batch rows (B <= a few hundred) by a weight that stays the same
+// for the whole sequence. The CPU splits a step by hidden units, not by rows: the weight
+// is packed once per sequence into panels of kUnits units (UnitPanels), each thread
+// multiplies all rows by its own panels and runs the cell's pointwise step on the tile
+// it just computed, so a step is one fork/join, the gates never round-trip through
+// memory, and B = 1 shares out as well as B = 64. The tile kernel is written once with
+// GCC vector types and compiled for AVX-512, AVX2 and baseline x86-64, picked at run
+// time.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
-
-#include "common/types.h"
 
 namespace fusednn {
 
-// output = input W over the step's active rows, all row-major and dense:
-// input [rows, k], weight [k, n], output [rows, n].
-struct RecurrentGemm {
-  const void* input;
-  const void* weight;
-  void* output;
-  int64_t k;
-  int64_t n;
+// A weight [k, groups * units] (row-major; `groups` blocks of `units` columns, e.g. the
+// LSTM's gates i, f, g, o of W_hh^T) packed as panels: for each block of kUnits units,
+// [k][groups][kUnits] (zeros past `units`). float32 or float64.
+class UnitPanels {
+ public:
+  static constexpr int64_t kUnits = 16;
+
+  // weight: contiguous [k, groups * units] of dtype float32 or float64.
+  UnitPanels(const at::Tensor& weight, int64_t groups, int64_t units);
+  static bool usable(const at::Tensor& weight);  // float32/float64 CPU, groups in {1, 3, 4}
+
+  int64_t blocks() const { return (units_ + kUnits - 1) / kUnits; }
+  int64_t groups() const { return groups_; }
+  int64_t units() const { return units_; }
+  int64_t k() const { return k_; }
+
+  // tile[r][g][u] = sum_k input[r * lda + k] * weight[k, g * units + block * kUnits + u]
+  // for rows r in [0, rows): tile is [rows][groups][kUnits] of the weight's dtype.
+  void multiply(const void* input, int64_t lda, int64_t rows, int64_t block, void* tile) const;
+
+  // Unit blocks per task of at::parallel_for: a share of at least ~64K multiply-adds.
+  int64_t grain(int64_t rows) const {
+    return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, rows * k_ * groups_ * kUnits));
+  }
+
+ private:
+  at::Tensor panels_;
+  int64_t k_, groups_, units_;
 };
 
-// Whether the CPU can run `rows` rows of this GEMM itself: float32 and float64 where
-// torch's BLAS is there, nonempty, and within BLAS's int sizes.
-bool fuses(Storage storage, int64_t rows, const RecurrentGemm& g);
+// output = input W^T for a weight W [n, k] (nn.Linear's layout) through oneDNN, with W
+// reordered once into oneDNN's blocked layout for `rows` rows (torch's
+// mkldnn::_reorder_linear_weight and mkldnn::_linear_pointwise, found through the
+// dispatcher: oneDNN's own symbols are not exported by libtorch_cpu). For the
+// all-steps GEMMs (input projection, input gradient): on AMD CPUs MKL's GEMM takes a
+// generic code path. `usable()` is false (and the callers keep at::mm) for anything but
+// float32 CPU tensors, or where torch was built without oneDNN.
+class OneDnnLinear {
+ public:
+  static bool usable(const at::Tensor& weight);
+  OneDnnLinear(const at::Tensor& weight, int64_t rows);
+  // [m, k] (row-major rows, any m) -> a new [m, n] tensor.
+  at::Tensor operator()(const at::Tensor& input) const;
 
-// Rows [row_begin, row_end) x columns [col_begin, col_end) of the GEMM on the calling
-// thread (the callers run inside at::parallel_for, where BLAS does not fork again).
-// Only where fuses().
-void gemm_block(Storage storage, const RecurrentGemm& g, int64_t row_begin, int64_t row_end, int64_t col_begin,
-                int64_t col_end);
-
-// The forward step: the batch rows split across threads, each thread multiplying its
-// rows, then running pointwise(begin, end) on them. [8, H] x [H, 4H] per thread beats
-// BLAS's own two-thread split of [16, H] x [H, 4H] (2 threads, B = 16, H = 256: LSTM
-// inference 7.8 -> 7.0 ms). Only where fuses().
-template <typename Pointwise>
-void gemm_then_pointwise(Storage storage, const RecurrentGemm& g, int64_t rows, const Pointwise& pointwise) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (g.k * g.n));  // a share outweighs a wake-up
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    gemm_block(storage, g, begin, end, 0, g.n);
-    pointwise(begin, end);
-  });
-}
-
-// A byte range that gemm_split_k prefetches while it multiplies: what the next
-// step's pointwise work reads. An address rather than a pointer: the range may lie
-// outside any tensor (before step 0), which a prefetch tolerates and pointer
-// arithmetic would not.
-struct PrefetchRange {
-  std::uintptr_t address;
-  int64_t bytes;
+ private:
+  at::Tensor packed_;
 };
-
-// The backward step's GEMM over `rows` rows, split over its inner dimension k: each
-// thread runs single-threaded BLAS on its contiguous block of W's rows into its own
-// partial sum, and the partials are added. Each thread prefetches its share of every
-// range in `prefetch` meanwhile. Only where fuses().
-void gemm_split_k(Storage storage, const RecurrentGemm& g, int64_t rows, std::initializer_list<PrefetchRange> prefetch);
-
-// Rows per task of a pointwise step: enough units that a thread's share outweighs
-// waking it.
-inline int64_t grain_rows(int64_t units) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(units, 1)); }
-
-// A pointwise step's rows [0, rows), `units` wide, split across threads:
-// rows_of(begin, end) per share.
-template <typename Rows>
-void parallel_rows(int64_t rows, int64_t units, const Rows& rows_of) {
-  at::parallel_for(0, rows, grain_rows(units), [&](int64_t begin, int64_t end) { rows_of(begin, end); });
-}
 
 }  // namespace fusednn

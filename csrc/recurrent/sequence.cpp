@@ -175,6 +175,12 @@ at::Tensor step_bias(Cell cell, const std::optional<at::Tensor>& b_ih, const std
                   hidden.narrow(0, 2 * H, H)});
 }
 
+// Whether the all-steps GEMMs of x's side (input projection, input gradient) go
+// through oneDNN (common/recurrent_gemm.h) rather than at::mm.
+bool use_onednn(at::DeviceType device, const at::Tensor& w_ih) {
+  return device == at::kCPU && OneDnnLinear::usable(w_ih);
+}
+
 }  // namespace
 
 ForwardResult sequence_forward(Cell cell, const char* op, at::DeviceType device, const at::Tensor& x,
@@ -197,9 +203,15 @@ ForwardResult sequence_forward(Cell cell, const char* op, at::DeviceType device,
   const bool same_math_type = math_dtype == x.scalar_type();
 
   // Input projection of every step at once (the bias is added by the pointwise step).
-  at::Tensor input_gates = at::empty({T, B, G * H}, options);
-  at::Tensor input_gate_rows = input_gates.view({T * B, G * H});
-  at::mm_out(input_gate_rows, x.reshape({T * B, I}), w_ih.t());
+  const bool onednn = use_onednn(device, w_ih);
+  at::Tensor input_gates;
+  if (onednn) {
+    input_gates = OneDnnLinear(w_ih, T * B)(x.reshape({T * B, I}).contiguous()).view({T, B, G * H});
+  } else {
+    input_gates = at::empty({T, B, G * H}, options);
+    at::Tensor input_gate_rows = input_gates.view({T * B, G * H});
+    at::mm_out(input_gate_rows, x.reshape({T * B, I}), w_ih.t());
+  }
   const at::Tensor bias = step_bias(cell, b_ih, b_hh, H);
 
   ForwardResult out;
@@ -241,7 +253,15 @@ ForwardResult sequence_forward(Cell cell, const char* op, at::DeviceType device,
   p.bias = bias.defined() ? ptr(bias) : nullptr;
   p.state = state.defined() ? ptr(state) : nullptr;
   p.hidden_last = projected ? nullptr : ptr(out.h_n);
-  const RecurrentGemm gemm{ptr(out.h_n), ptr(w_hh_t), ptr(hidden_gates), P, G * H};
+  // The device's fused step splits the step by units, so its GEMM must not read the running
+  // h_n that the same step writes: it reads h_{t-1} from y_{t-1} (or h0), which hold it for
+  // every row active at t.
+  std::optional<UnitPanels> panels;  // W_hh^T by gate blocks
+  at::Tensor h0_rows;
+  if (steps.forward_with_gemm != nullptr && UnitPanels::usable(x) && B > 0) {
+    panels.emplace(w_hh_t, G, H);
+    h0_rows = h0.contiguous();
+  }
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = active[t];
     const int64_t m_step = save_workspace ? t : 0;
@@ -250,7 +270,9 @@ ForwardResult sequence_forward(Cell cell, const char* op, at::DeviceType device,
     p.saved_gates = save_workspace ? step_ptr(out.gates, t) : nullptr;
     p.saved_state = save_workspace ? step_ptr(out.states, t) : nullptr;
     p.hidden_out = projected ? step_ptr(unprojected, m_step) : step_ptr(out.y, t);
-    if (steps.forward_with_gemm == nullptr || !steps.forward_with_gemm(p, gemm)) {
+    if (!panels.has_value() ||
+        !steps.forward_with_gemm(p, StepGemm{&*panels, t == 0 ? ptr(h0_rows) : step_ptr(out.y, t - 1), n, P,
+                                             nullptr, 0})) {
       if (n > 0) {
         at::Tensor gates_out = leading_rows(hidden_gates, n);
         at::mm_out(gates_out, leading_rows(out.h_n, n), w_hh_t);
@@ -341,7 +363,13 @@ BackwardResult sequence_backward(Cell cell, const char* op, at::DeviceType devic
   p.rows = B;
   p.hidden = H;
   p.grad_state = grad_state.defined() ? ptr(grad_state) : nullptr;
-  RecurrentGemm gemm{nullptr, ptr(w_hh_rows), ptr(grad_h), G * H, P};
+  // The device's fused steps (PointwiseSteps::backward_with_gemm) where it has them and
+  // every dL/dh_t is the GEMM's (no projection in between).
+  std::optional<UnitPanels> panels;  // W_hh [G*H, H] as one block of H units
+  if (steps.backward_with_gemm != nullptr && UnitPanels::usable(x) && !projected && B > 0) {
+    panels.emplace(w_hh_rows, 1, P);
+  }
+  bool fused = panels.has_value();
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t n = active[t];
     p.active_rows = n;
@@ -370,14 +398,24 @@ BackwardResult sequence_backward(Cell cell, const char* op, at::DeviceType devic
       p.grad_output = grad_output.defined() ? step_ptr(grad_output, t) : nullptr;
       p.grad_hidden = ptr(grad_h);
     }
-    gemm.input = p.grad_gates;
-    if (steps.backward_with_gemm == nullptr || !steps.backward_with_gemm(p, gemm)) {
+    if (fused) {
+      const bool first = t == T - 1;  // dL/dh_{T-1} is grad_h_n alone
+      const StepGemm gemm{&*panels, first ? nullptr : step_ptr(grad_gates, t + 1), first ? 0 : active[t + 1],
+                          G * H, ptr(grad_h), P};
+      fused = steps.backward_with_gemm(p, gemm);
+      TORCH_INTERNAL_ASSERT(fused || first, "a fused backward step refused a step after accepting the first");
+    }
+    if (!fused) {
       steps.backward(p);
       if (n > 0) {
         at::Tensor out = leading_rows(grad_h, n);
         at::mm_out(out, leading_rows(grad_gates[t], n), w_hh_rows);
       }
     }
+  }
+  if (fused && active[0] > 0) {  // the fused steps leave step 0's GEMM: dL/dh0 = dG_0 W_hh
+    at::Tensor out = leading_rows(grad_h, active[0]);
+    at::mm_out(out, leading_rows(grad_gates[0], active[0]), w_hh_rows);
   }
 
   // The all-steps GEMMs take [X | H_prev] as one operand (one GEMM for [dW_ih | dW_hh] is
@@ -403,7 +441,12 @@ BackwardResult sequence_backward(Cell cell, const char* op, at::DeviceType devic
     result.grad_w_ih_hh = at::mm(dGh.t(), input_rows);
     result.grad_bias = dGh.sum(0, /*keepdim=*/false, math_dtype).to(dtype);
   }
-  result.grad_x = input_grad ? at::mm(dGi, w_ih).view({T, B, I}) : at::empty({0}, options);
+  if (input_grad) {
+    const bool onednn = use_onednn(device, w_ih);
+    result.grad_x = (onednn ? OneDnnLinear(w_ih.t(), T * B)(dGi) : at::mm(dGi, w_ih)).view({T, B, I});
+  } else {
+    result.grad_x = at::empty({0}, options);
+  }
   result.grad_w_hr = projected ? at::mm(grad_proj.view({T * B, P}).t(), hidden.reshape({T * B, H}))
                                : at::empty({0}, options);
   if (cell == Cell::kGRU) grad_h.add_(grad_state);  // h_t = ... + z h_{t-1}: the path past the GEMM

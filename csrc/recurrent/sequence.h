@@ -14,21 +14,33 @@
 namespace fusednn {
 namespace recurrent {
 
+// A step's recurrent GEMM for PointwiseSteps::*_with_gemm: output rows [0, rows) =
+// input [rows, k] (row stride lda) x the packed weight (output row stride ldo).
+struct StepGemm {
+  const UnitPanels* weight;
+  const void* input;
+  int64_t rows;
+  int64_t lda;
+  void* output;  // backward only (the forward's output is the pointwise step's tile)
+  int64_t ldo;
+};
+
 // One device's fused pointwise steps (every cell: the step reads params.cell).
 struct PointwiseSteps {
   at::DeviceType device;
   void (*forward)(const ForwardStepParams&);
   void (*backward)(const BackwardStepParams&);
-  // Optional (null where a device has none, as on CUDA): the step's recurrent GEMM and its
+  // Optional (null where a device has none, as on CUDA): a step's recurrent GEMM and its
   // pointwise step as one, so that the device can share the work out itself (CPU: each
-  // thread multiplies and activates its own batch rows in one fork/join per step, and
-  // the backward GEMM is split over its inner dimension). Forward runs gemm
-  // (hidden_gates = h_{t-1} W_hh^T) then the pointwise step; backward runs the pointwise
-  // step then gemm (dL/dh_{t-1} = dG_t W_hh). Each returns false, having done nothing, for
-  // inputs it does not take; the time loop then runs the GEMM through ATen and the
-  // pointwise step separately.
-  bool (*forward_with_gemm)(const ForwardStepParams&, const RecurrentGemm&);
-  bool (*backward_with_gemm)(const BackwardStepParams&, const RecurrentGemm&);
+  // thread takes a range of hidden units, one fork/join per step). Forward: the GEMM
+  // h_{t-1} W_hh^T (weight: W_hh^T [P, G*H] packed by gate blocks), then the pointwise step
+  // on it. Backward: first the previous step's GEMM dL/dh_t = dG_{t+1} W_hh into
+  // params.grad_hidden (weight: W_hh [G*H, H] packed as one block; no GEMM at t = T-1),
+  // then the pointwise step t; the time loop runs the last GEMM (dL/dh0) itself. Each
+  // returns false, having done nothing, for a storage type it does not take; the time
+  // loop then runs the GEMMs through ATen and the pointwise steps alone.
+  bool (*forward_with_gemm)(const ForwardStepParams&, const StepGemm&);
+  bool (*backward_with_gemm)(const BackwardStepParams&, const StepGemm&);
 };
 
 // A backend registers its steps once, from a static initializer; returns true.
