@@ -1,21 +1,24 @@
-"""LSTM ops beyond what every op gets from the registry (tests/test_registry.py): the
-reference against torch's own LSTM, padding that must not leak, the workspace saved only
-for backward, and agreement of the C++ CPU kernel with the reference backend."""
+"""Recurrent ops (LSTM, GRU, Elman RNN) beyond what every op gets from the registry
+(tests/test_registry.py): the references against torch's own kernels, padding that must not
+leak, the workspace saved only for backward, and agreement of the C++ CPU kernel with the
+reference backend."""
 
 import pytest
 import torch
 
 import fusednn
 from fusednn import registry, testing
-from fusednn.cases.recurrent import batch_sizes_of, lstm_tensors
+from fusednn._validate import accumulate_dtype
+from fusednn.cases.recurrent import batch_sizes_of, gru_tensors, lstm_tensors, rnn_tensors
 from fusednn.reference import recurrent as reference
 from fusednn.testing import assert_close
 
 
-@pytest.mark.parametrize("op, torch_op", [("lstm", reference.torch_lstm), ("lstm_cell", reference.torch_lstm_cell)])
-def test_reference_matches_torch_lstm(op, torch_op):
-    """fusednn.reference.lstm / lstm_cell (the truth of the registry tests) against torch's own
-    LSTM kernels in float64, outputs and every gradient, on every registered sample."""
+@pytest.mark.parametrize("op", ["lstm", "lstm_cell", "gru", "gru_cell", "rnn", "rnn_cell"])
+def test_reference_matches_torch(op):
+    """fusednn.reference.<op> (the truth of the registry tests) against torch's own kernels
+    (reference.torch_<op>) in float64, outputs and every gradient, on every registered sample."""
+    torch_op = getattr(reference, f"torch_{op}")
     info = registry.get(op)
     for sample in info.samples():
         inputs = testing.Inputs(info.function, sample, torch.float64, "cpu")
@@ -26,31 +29,63 @@ def test_reference_matches_torch_lstm(op, torch_op):
             assert_close(a, e, name=f"{sample.name} tensor {i}")
 
 
-def test_padded_entries_are_ignored():
-    t = lstm_tensors(6, 3, 4, 5)
+def _padded_call(op, x, t, batch_sizes):
+    """op over x with the other tensors of ``t`` (the op's own, as the cases draw them)."""
+    if op == "lstm":
+        return fusednn.ops.lstm(x, (t["h0"], t["c0"]), t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
+                                batch_sizes=batch_sizes)
+    weights = (t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"])
+    if op == "gru":
+        return fusednn.ops.gru(x, t["h0"], *weights, batch_sizes=batch_sizes)
+    return fusednn.ops.rnn(x, t["h0"], *weights, nonlinearity=op.split("-")[1], batch_sizes=batch_sizes)
+
+
+@pytest.mark.parametrize("op, tensors", [("lstm", lstm_tensors), ("gru", gru_tensors),
+                                         ("rnn-tanh", rnn_tensors), ("rnn-relu", rnn_tensors)])
+def test_padded_entries_are_ignored(op, tensors):
+    kwargs = {"nonlinearity": op.split("-")[1]} if op.startswith("rnn") else {}
+    t = {k: v for k, v in tensors(6, 3, 4, 5, **kwargs).items() if v is not None}
     lengths = [6, 4, 2]
-    x = t["x"].detach().clone()
+    x = t.pop("x").detach().clone()
     for b, n in enumerate(lengths):
         x[n:, b] = float("nan")  # padding must neither reach the outputs nor the gradients
     x.requires_grad_()
-    y, (h, c) = fusednn.ops.lstm(x, (t["h0"], t["c0"]), t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
-                                 batch_sizes=batch_sizes_of(lengths, 6))
-    leaves = [x, t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"]]
-    grads = torch.autograd.grad(y.sum() + h.sum() + c.sum(), leaves)
-    assert all(torch.isfinite(g).all() for g in [y, h, c, *grads])
+    outputs = torch.utils._pytree.tree_leaves(_padded_call(op, x, t, batch_sizes_of(lengths, 6)))
+    leaves = [x, *t.values()]
+    grads = torch.autograd.grad(sum(o.sum() for o in outputs), leaves)
+    assert all(torch.isfinite(g).all() for g in [*outputs, *grads])
+    y = outputs[0]
     for b, n in enumerate(lengths):
         assert (y[n:, b] == 0).all() and (grads[0][n:, b] == 0).all()
 
 
-def test_workspace_saved_only_when_needed():
-    t = {k: v.detach() for k, v in lstm_tensors(3, 2, 4, 5).items() if v is not None}
-    args = [t[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")]
-    *_, gates, cells, hidden = torch.ops.fusednn.lstm_forward(*args, None, None, False)
-    assert gates.numel() == cells.numel() == hidden.numel() == 0
-    *_, gates, cells, hidden = torch.ops.fusednn.lstm_forward(*args, None, None, True)
-    assert gates.shape == (3, 2, 20) and cells.shape == (3, 2, 5) and hidden.numel() == 0
-    y, *_ = torch.ops.fusednn.lstm_forward(*args, None, None, False)
-    y_saved, *_ = torch.ops.fusednn.lstm_forward(*args, None, None, True)
+def _forward_op_args(op, dtype=torch.float64):
+    """The forward op of ``op`` (lstm, gru, rnn) and its arguments before save_workspace
+    (T = 3, B = 2, I = 4, H = 5)."""
+    tensors = {"lstm": lstm_tensors, "gru": gru_tensors, "rnn": rnn_tensors}[op]
+    t = {k: v.detach().to(dtype) for k, v in tensors(3, 2, 4, 5).items() if v is not None}
+    args = [t[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh") if k in t]
+    options = {"lstm": (None, None), "gru": (None,), "rnn": ("tanh", None)}[op]  # w_hr, nonlinearity, batch_sizes
+    return getattr(torch.ops.fusednn, f"{op}_forward"), (*args, *options)
+
+
+# The workspace each forward op saves for backward: shapes for T = 3, B = 2, H = 5.
+WORKSPACE = {"lstm": [(3, 2, 20), (3, 2, 5), (0,)], "gru": [(3, 2, 20), (3, 2, 5)], "rnn": [(3, 2, 5)]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=["float64", "float16"])
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
+def test_workspace_saved_only_when_needed(op, dtype):
+    """save_workspace=False saves nothing; True the workspace, in the accumulate dtype
+    (float32 for half types); y is the same either way."""
+    forward, args = _forward_op_args(op, dtype)
+    y, *rest = forward(*args, False)
+    assert all(w.numel() == 0 for w in rest[len(rest) - len(WORKSPACE[op]):])
+    y_saved, *rest = forward(*args, True)
+    workspace = rest[len(rest) - len(WORKSPACE[op]):]
+    assert [tuple(w.shape) for w in workspace] == WORKSPACE[op]
+    if op != "lstm":  # the LSTM's third (unprojected hidden states) stays empty without a projection
+        assert all(w.dtype == accumulate_dtype(dtype) for w in workspace)
     torch.testing.assert_close(y, y_saved, rtol=0, atol=0)
 
 
@@ -63,11 +98,21 @@ def test_opcheck_forward_without_workspace(P, batch_sizes):
     testing.opcheck(torch.ops.fusednn.lstm_forward.default, args)
 
 
-def test_cpu_kernel_agrees_with_the_reference_backend():
+@pytest.mark.parametrize("op, options", [("gru", ()), ("rnn", ("relu",))])
+def test_opcheck_gru_rnn_forward_without_workspace(op, options):
+    tensors = {"gru": gru_tensors, "rnn": rnn_tensors}[op]
+    t = {k: v.detach().float() for k, v in tensors(4, 3, 5, 4).items()}
+    args = (t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], None, *options, [3, 3, 1, 0], False)
+    testing.opcheck(getattr(torch.ops.fusednn, f"{op}_forward").default, args)
+
+
+@pytest.mark.parametrize("op, sample_name", [("lstm", "large-packed-proj"), ("gru", "large-packed"),
+                                             ("rnn", "large-packed-relu"), ("rnn", "large-T17")])
+def test_cpu_kernel_agrees_with_the_reference_backend(op, sample_name):
     """The same float32 call on the C++ kernel and on the reference backend: outputs and
     every gradient agree to float32's 1e-5."""
-    info = registry.get("lstm")
-    sample = next(s for s in info.samples() if s.name == "large-packed-proj")
+    info = registry.get(op)
+    sample = next(s for s in info.samples() if s.name == sample_name)
     results = {}
     for backend in ("cpu", "reference"):
         with fusednn.use_backend(backend):
