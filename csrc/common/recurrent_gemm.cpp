@@ -21,19 +21,22 @@ struct Vector {
   typedef T type __attribute__((vector_size(kVectorBytes), aligned(sizeof(T))));
 };
 
-// Rows [0, MR) of a tile: tile[r][g][u] = sum_k input[r][k] panel[k][g][u]. A group's
-// kUnits values span NV vectors; the tile is computed one vector column c at a time
-// (vector c of every group), with its MR x G accumulators in registers and the panel's G
-// vectors of one k loaded once for all MR rows.
+// Rows [0, MR) of a tile, over k in [0, K): tile[r][g][u] (+)= sum_k input[r][k]
+// panel[k][g][u]; `add` accumulates onto the tile. A group's kUnits values span NV vectors;
+// the tile is computed one vector column c at a time (vector c of every group), with its
+// MR x G accumulators in registers and the panel's G vectors of one k used by all MR rows.
 template <typename T, int kVectorBytes, int G, int MR>
 FUSEDNN_INLINE void tile_rows(const T* __restrict__ input, int64_t lda, const T* __restrict__ panel, int64_t K,
-                              T* __restrict__ tile) {
+                              T* __restrict__ tile, bool add) {
   using V = typename Vector<T, kVectorBytes>::type;
   constexpr int kLanes = kVectorBytes / sizeof(T), NV = kUnits / kLanes;
   for (int c = 0; c < NV; ++c) {
     V acc[MR][G];
     for (int r = 0; r < MR; ++r) {
-      for (int g = 0; g < G; ++g) acc[r][g] = V{};
+      for (int g = 0; g < G; ++g) {
+        acc[r][g] = V{};
+        if (add) std::memcpy(&acc[r][g], tile + (r * G + g) * kUnits + c * kLanes, sizeof(V));
+      }
     }
     for (int64_t k = 0; k < K; ++k) {
       V w[G];
@@ -49,18 +52,30 @@ FUSEDNN_INLINE void tile_rows(const T* __restrict__ input, int64_t lda, const T*
   }
 }
 
-// Rows per register tile: the MR x G accumulators (one register each) fill at most half of
-// the ISA's kRegisters vector registers (at most 8 rows), leaving room for the panel's.
-constexpr int rows_per_tile(int kRegisters, int G) { return std::max(1, std::min(8, kRegisters / 2 / G)); }
+// Rows per register tile: the MR x G accumulators (one register each) take up to 3/4 of the
+// ISA's kRegisters vector registers (at most 8 rows), the rest holding broadcasts (the
+// panel's vectors are FMA memory operands). Each accumulator is a dependency chain of one
+// FMA per k, so about ten of them are needed to cover the FMA latency of two pipes.
+constexpr int rows_per_tile(int kRegisters, int G) { return std::max(1, std::min(8, kRegisters * 3 / 4 / G)); }
 
+// All rows of a tile. The panel is taken in slices of k that fit in half of a 32 KiB L1
+// cache, each slice serving every row before the next is read: a whole panel (e.g.
+// 256 x 64 floats, 64 KiB) would be read from L2 once per MR rows.
 template <typename T, int kVectorBytes, int kRegisters, int G>
 FUSEDNN_INLINE void tile_all_rows(const T* input, int64_t lda, int64_t rows, const T* panel, int64_t K, T* tile) {
   constexpr int MR = rows_per_tile(kRegisters, G);
-  int64_t r = 0;
-  for (; r + MR <= rows; r += MR) {
-    tile_rows<T, kVectorBytes, G, MR>(input + r * lda, lda, panel, K, tile + r * G * kUnits);
+  constexpr int64_t kSlice = std::max<int64_t>(16, (16 * 1024) / (G * kUnits * sizeof(T)));
+  for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
+    const int64_t k = std::min(kSlice, K - k0);
+    const T* in = input + k0;
+    const T* slice = panel + k0 * G * kUnits;
+    const bool add = k0 > 0;
+    int64_t r = 0;
+    for (; r + MR <= rows; r += MR) {
+      tile_rows<T, kVectorBytes, G, MR>(in + r * lda, lda, slice, k, tile + r * G * kUnits, add);
+    }
+    for (; r < rows; ++r) tile_rows<T, kVectorBytes, G, 1>(in + r * lda, lda, slice, k, tile + r * G * kUnits, add);
   }
-  for (; r < rows; ++r) tile_rows<T, kVectorBytes, G, 1>(input + r * lda, lda, panel, K, tile + r * G * kUnits);
 }
 
 template <typename T, int kVectorBytes, int kRegisters>
