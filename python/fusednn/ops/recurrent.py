@@ -494,7 +494,7 @@ LSTM_CELL = registry.register(registry.OpInfo(
 GRU = registry.register(registry.OpInfo(
     name="gru", family="recurrent", function=gru, reference=reference.gru, kernels=_KERNELS,
     samples=_cases.gru_samples, bad_inputs=_cases.gru_bad_inputs, outputs=("y", "h_n"), double_backward=True,
-    baseline=reference.torch_gru,
+    baseline=reference.torch_gru, bench=_cases.BENCH_SHAPES,
 ))
 GRU_CELL = registry.register(registry.OpInfo(
     name="gru_cell", family="recurrent", function=gru_cell, reference=reference.gru_cell, kernels=_KERNELS,
