@@ -226,3 +226,62 @@ def test_bench_rates_read_at_any_size():
 
     assert rate(3.1e11, "FLOP") == "310 GFLOP/s" and rate(4.2e6, "FLOP") == "4.20 MFLOP/s"
     assert rate(1.234e12, "B") == "1.23 TB/s" and significant(0.012345) == "0.0123"
+
+
+# --------------------------------------------------------------------------- train
+
+
+@pytest.mark.parametrize("model,unit", [("lstm-lm", "tokens"), ("gru-classifier", "tokens"),
+                                        ("conv-lstm-predictor", "frames")])
+def test_train_prints_losses_and_throughputs(model, unit, capsys):
+    import re
+
+    assert cli.main(["train", model, "--steps", "3", "--batch-size", "2", "--device", "cpu", "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert out.startswith(f"{model} on cpu: ") and "batch 2, 3 steps" in out and "seed 1" in out
+    runs = re.findall(rf"^(fusednn|torch  ) layers: loss (\d+\.\d+) -> (\d+\.\d+) \(held-out batch\), ([\d,]+) "
+                      rf"{unit}/s \(2 timed steps, (\d+\.\d+) s\)$", out, re.M)
+    assert [r[0].strip() for r in runs] == ["fusednn", "torch"], out
+    # Same initial weights, same batches: the same loss before training.
+    assert runs[0][1] == runs[1][1]
+    assert all(float(r[2]) > 0 and int(r[3].replace(",", "")) > 0 for r in runs)
+    ratio = re.search(r"^throughput fusednn / torch layers: (\d+\.\d+)x", out, re.M)
+    assert ratio and float(ratio.group(1)) > 0, out
+    assert "3/3 loss" in captured.err  # the progress line's last state
+
+
+def test_train_lists_its_models(capsys):
+    from fusednn.models.tasks import TASKS
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name, task in TASKS.items():
+        assert name in out and task.description in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train"], "the following arguments are required: model"),
+    (["train", "lstm"], "argument model: invalid choice: 'lstm'"),
+    (["train", "lstm-lm", "--steps", "0"], "argument --steps: must be a positive integer; got '0'"),
+    (["train", "lstm-lm", "--steps", "2.5"], "argument --steps: must be a positive integer; got '2.5'"),
+    (["train", "gru-classifier", "--batch-size", "-4"], "argument --batch-size: must be a positive integer; got '-4'"),
+    (["train", "conv-lstm-predictor", "--lr", "nan"], "argument --lr: must be a positive number; got 'nan'"),
+    (["train", "lstm-lm", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["train", "lstm-lm", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
+])
+def test_train_bad_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m fusednn"), err
+    assert message in err
+
+
+def test_train_bad_device_is_one_line(capsys):
+    assert cli.main(["train", "lstm-lm", "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "python -m fusednn train: --device must be cpu or cuda; got 'gpu'"

@@ -2,6 +2,7 @@
 
 * ``fusednn.ops``        functional ops (``fusednn.ops.lstm``, ``fusednn.ops.layer_norm``, ...)
 * ``fusednn.nn``         drop-in replacements for ``torch.nn`` modules
+* ``fusednn.models``     full models on the fused layers
 * ``fusednn.reference``  plain-PyTorch references of every op
 * ``fusednn.registry``   what every op is made of: kernels and their dtypes, reference,
                          samples, bad inputs, benchmark shapes
@@ -19,6 +20,7 @@ def build_info() -> dict:
     return dict(_runtime.extension().build_info())
 
 
-from . import ops, nn, reference, registry, testing  # noqa: E402  (ops register on import)
+from . import ops, nn, models, reference, registry, testing  # noqa: E402  (ops register on import)
 
-__all__ = ["BACKENDS", "build_info", "nn", "ops", "reference", "registry", "testing", "use_backend", "__version__"]
+__all__ = ["BACKENDS", "build_info", "models", "nn", "ops", "reference", "registry", "testing", "use_backend",
+           "__version__"]

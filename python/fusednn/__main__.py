@@ -1,9 +1,11 @@
-"""Command line: ``python -m fusednn {info,check,bench,plot}``.
+"""Command line: ``python -m fusednn {info,check,bench,plot,train}``.
 
 * ``info``   build info, device and versions.
 * ``check``  every op once against its reference on the present device; exit 1 on a failure.
 * ``bench``  time every op against its PyTorch baselines; JSON to bench/results/<device>/.
 * ``plot``   one PNG per op of a ``bench`` JSON (needs matplotlib: ``pip install fusednn[plot]``).
+* ``train``  train a model of ``fusednn.models`` on its synthetic task, then the same model
+             built from torch.nn layers; losses, throughputs and their ratio.
 """
 
 from __future__ import annotations
@@ -119,6 +121,93 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return value
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr: redrawn with a carriage return at most every 0.1 s
+    on a terminal; elsewhere (a log file) drawn once, at the last step. ``close`` ends the line."""
+
+    WIDTH = 24
+
+    def __init__(self, label: str):
+        self.label = label
+        self.interactive = sys.stderr.isatty()
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def __call__(self, step: int, steps: int, loss: float) -> None:
+        import time
+
+        now = time.monotonic()
+        if step < steps and (not self.interactive or now - self.last_draw < 0.1):
+            return
+        self.last_draw = now
+        filled = self.WIDTH * step // steps
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {step}/{steps} loss {loss:.4f}")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def cmd_train(args) -> int:
+    import copy
+
+    from fusednn.models import tasks
+
+    task = tasks.TASKS[args.model]
+    device = parse_device(args.device)
+    steps = args.steps if args.steps is not None else task.steps
+    batch_size = args.batch_size if args.batch_size is not None else task.batch_size
+    learning_rate = args.lr if args.lr is not None else task.learning_rate
+    torch.manual_seed(args.seed)
+    model = task.build("fusednn", device)
+    initial_state = copy.deepcopy(model.state_dict())  # the torch-layer model starts from the same weights
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"{args.model} on {device}: {task.description}")
+    print(f"{parameters:,} parameters, batch {batch_size}, {steps} steps, Adam lr {learning_rate:g}, seed {args.seed}")
+    results = {}
+    for layers in ("fusednn", "torch"):
+        if layers == "torch":
+            model = task.build("torch", device)
+            model.load_state_dict(initial_state)
+        progress = ProgressLine(f"{layers:<7}")
+        try:
+            results[layers] = result = tasks.train(model, task, steps, batch_size, args.seed, device, learning_rate,
+                                                   progress=progress)
+        finally:
+            progress.close()
+        print(f"{layers:<7} layers: loss {result.loss_before:.4f} -> {result.loss_after:.4f} (held-out batch), "
+              f"{result.throughput:,.0f} {task.unit}/s ({result.timed_steps} timed steps, {result.seconds:.2f} s)")
+    ratio = results["fusednn"].throughput / results["torch"].throughput
+    print(f"throughput fusednn / torch layers: {ratio:.2f}x (> 1 means fusednn is faster)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusednn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,9 +225,26 @@ def main(argv: list[str] | None = None) -> int:
     p_plot = sub.add_parser("plot", help="one PNG per op of a bench results file (needs matplotlib)")
     p_plot.add_argument("results", help="a JSON file written by bench")
     p_plot.add_argument("--out", help="folder for the PNGs (default: the JSON's folder)")
+    from fusednn.models.tasks import TASKS
+
+    models = "\n".join(f"  {name:<20} {task.description}; {task.steps} steps, batch {task.batch_size}"
+                        for name, task in TASKS.items())
+    p_train = sub.add_parser(
+        "train", help="train a model on its synthetic task, then the same model on torch.nn layers",
+        description="Train a model of fusednn.models on its synthetic task (Adam, fresh seeded batches), then the "
+                    "same model built from torch.nn layers from the same initial weights on the same batches; print "
+                    "the held-out loss before and after, the throughput of each and their ratio.",
+        epilog="models:\n" + models, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_train.add_argument("model", choices=list(TASKS), help="the model and its task (listed below)")
+    p_train.add_argument("--steps", type=positive_int, help="training steps (default: the model's, listed below)")
+    p_train.add_argument("--batch-size", type=positive_int, help="sequences per batch (default: the model's)")
+    p_train.add_argument("--lr", type=positive_float, help="Adam's learning rate (default: the model's)")
+    p_train.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p_train.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "plot": cmd_plot}[args.command](args)
+        commands = {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "plot": cmd_plot, "train": cmd_train}
+        return commands[args.command](args)
     except UsageError as exc:
         print(f"python -m fusednn {args.command}: {exc}", file=sys.stderr)
         return 2

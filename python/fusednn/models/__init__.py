@@ -1,1 +1,18 @@
-"""Full models built on fusednn layers, one flat file each."""
+"""Full models built on fusednn layers, one flat file each, with a config dataclass each:
+
+* ``LSTMLanguageModel`` / ``LSTMLanguageModelConfig``: embedding, LSTM, tied output layer;
+  ``generate`` carries the LSTM state from token to token.
+* ``GRUClassifier`` / ``GRUClassifierConfig``: bidirectional GRU over packed variable-length
+  sequences, pooled over the valid steps.
+* ``ConvLSTMPredictor`` / ``ConvLSTMPredictorConfig``: ConvLSTM encoder and a 1x1 conv head
+  predicting the next frame.
+
+Each builds its recurrent layers from fusednn (``layers="fusednn"``) or from torch
+(``layers="torch"``) with the same parameters. ``fusednn.models.tasks`` holds seeded
+synthetic tasks for them and the training run of ``python -m fusednn train``.
+Every name in a model module's ``__all__`` is exported here.
+"""
+
+from .._runtime import export_families
+
+__all__ = export_families(__name__, __path__, globals())
