@@ -23,31 +23,45 @@ struct Vector {
 
 // Rows [0, MR) of a tile, over k in [0, K): tile[r][g][u] (+)= sum_k input[r][k]
 // panel[k][g][u]; `add` accumulates onto the tile. A group's kUnits values span NV vectors;
-// the tile is computed one vector column c at a time (vector c of every group), with its
-// MR x G accumulators in registers and the panel's G vectors of one k used by all MR rows.
-template <typename T, int kVectorBytes, int G, int MR>
+// the tile is computed NC vector columns at a time (columns c..c+NC-1 of every group), with
+// its MR x G x NC accumulators in registers and the panel's vectors of one k used by all
+// MR rows.
+template <typename T, int kVectorBytes, int G, int MR, int NC>
 FUSEDNN_INLINE void tile_rows(const T* __restrict__ input, int64_t lda, const T* __restrict__ panel, int64_t K,
                               T* __restrict__ tile, bool add) {
   using V = typename Vector<T, kVectorBytes>::type;
   constexpr int kLanes = kVectorBytes / sizeof(T), NV = kUnits / kLanes;
-  for (int c = 0; c < NV; ++c) {
-    V acc[MR][G];
+  static_assert(NV % NC == 0, "the columns of a group split evenly");
+  for (int c = 0; c < NV; c += NC) {
+    V acc[MR][G][NC];
     for (int r = 0; r < MR; ++r) {
       for (int g = 0; g < G; ++g) {
-        acc[r][g] = V{};
-        if (add) std::memcpy(&acc[r][g], tile + (r * G + g) * kUnits + c * kLanes, sizeof(V));
+        for (int n = 0; n < NC; ++n) {
+          acc[r][g][n] = V{};
+          if (add) std::memcpy(&acc[r][g][n], tile + (r * G + g) * kUnits + (c + n) * kLanes, sizeof(V));
+        }
       }
     }
     for (int64_t k = 0; k < K; ++k) {
-      V w[G];
-      for (int g = 0; g < G; ++g) w[g] = *reinterpret_cast<const V*>(panel + (k * G + g) * kUnits + c * kLanes);
+      V w[G][NC];
+      for (int g = 0; g < G; ++g) {
+        for (int n = 0; n < NC; ++n) {
+          w[g][n] = *reinterpret_cast<const V*>(panel + (k * G + g) * kUnits + (c + n) * kLanes);
+        }
+      }
       for (int r = 0; r < MR; ++r) {
         const T s = input[r * lda + k];
-        for (int g = 0; g < G; ++g) acc[r][g] += s * w[g];
+        for (int g = 0; g < G; ++g) {
+          for (int n = 0; n < NC; ++n) acc[r][g][n] += s * w[g][n];
+        }
       }
     }
     for (int r = 0; r < MR; ++r) {
-      for (int g = 0; g < G; ++g) std::memcpy(tile + (r * G + g) * kUnits + c * kLanes, &acc[r][g], sizeof(V));
+      for (int g = 0; g < G; ++g) {
+        for (int n = 0; n < NC; ++n) {
+          std::memcpy(tile + (r * G + g) * kUnits + (c + n) * kLanes, &acc[r][g][n], sizeof(V));
+        }
+      }
     }
   }
 }
@@ -64,6 +78,8 @@ constexpr int rows_per_tile(int kRegisters, int G) { return std::max(1, std::min
 template <typename T, int kVectorBytes, int kRegisters, int G>
 FUSEDNN_INLINE void tile_all_rows(const T* input, int64_t lda, int64_t rows, const T* panel, int64_t K, T* tile) {
   constexpr int MR = rows_per_tile(kRegisters, G);
+  constexpr int kVectors = kUnits * sizeof(T) / kVectorBytes;  // per group
+  constexpr int kTailColumns = G * kVectors <= kRegisters * 3 / 4 ? kVectors : 1;
   constexpr int64_t kSlice = std::max<int64_t>(16, (16 * 1024) / (G * kUnits * sizeof(T)));
   for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
     const int64_t k = std::min(kSlice, K - k0);
@@ -72,9 +88,13 @@ FUSEDNN_INLINE void tile_all_rows(const T* input, int64_t lda, int64_t rows, con
     const bool add = k0 > 0;
     int64_t r = 0;
     for (; r + MR <= rows; r += MR) {
-      tile_rows<T, kVectorBytes, G, MR>(in + r * lda, lda, slice, k, tile + r * G * kUnits, add);
+      tile_rows<T, kVectorBytes, G, MR, 1>(in + r * lda, lda, slice, k, tile + r * G * kUnits, add);
     }
-    for (; r < rows; ++r) tile_rows<T, kVectorBytes, G, 1>(in + r * lda, lda, slice, k, tile + r * G * kUnits, add);
+    // The remaining rows (B = 1 among them) one at a time, each with the columns of a whole
+    // group in flight, so that the FMA chains still number G x NC.
+    for (; r < rows; ++r) {
+      tile_rows<T, kVectorBytes, G, 1, kTailColumns>(in + r * lda, lda, slice, k, tile + r * G * kUnits, add);
+    }
   }
 }
 
