@@ -60,7 +60,7 @@ SANITIZE_ENV = FUSEDNN_EXTENSION_DIR=$(CURDIR)/$(SANITIZE_DIR)/fusednn \
 # ASan runtime preloaded, and loads nothing of the extension. The module tests' gradgradchecks
 # are left out too: their second derivatives run through the Python reference (minutes under
 # ASan for no C++ coverage that test_grad lacks).
-SANITIZE_TESTS = tests -k "(lstm or recurrent or cpp) and not test_gradgrad" --ignore=tests/test_cuda_compile.py \
+SANITIZE_TESTS = tests -k "(lstm or gru or rnn or recurrent or cpp) and not test_gradgrad" --ignore=tests/test_cuda_compile.py \
 	--capture=sys
 
 $(SANITIZE_STAMP): $(DEPS_STAMP) setup.py $(CSRC)
