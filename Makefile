@@ -31,11 +31,14 @@ $(BUILD_STAMP): $(DEPS_STAMP) setup.py pyproject.toml $(CSRC)
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
+# The tests run in one worker process per core (pytest-xdist), each with one torch thread.
+TEST_WORKERS ?= auto
+
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -p xdist -n $(TEST_WORKERS) tests
 
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest -p xdist -n $(TEST_WORKERS) tests -m "not slow"
 
 bench: setup
 	$(PY) -m fusednn bench $(BENCH_ARGS)

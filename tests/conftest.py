@@ -12,6 +12,12 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# Under pytest-xdist (make test) every core runs a worker: one torch thread each, or two
+# workers' thread pools would fight over the cores. The recurrent tests check the
+# multi-threaded splits explicitly (test_recurrent.py::test_threads_agree).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 import fusednn  # noqa: E402
 from fusednn.testing import poison_outputs  # noqa: E402
 

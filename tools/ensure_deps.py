@@ -56,7 +56,7 @@ TRITON_FOR_TORCH = {
 # The first triton whose interpreter works with numpy >= 2.4.
 TRITON_NUMPY_24 = (3, 7)
 
-BUILD_AND_TEST_TOOLS = ["pytest>=8.4", "expecttest", "pybind11", "ninja", "setuptools>=64", "wheel"]
+BUILD_AND_TEST_TOOLS = ["pytest>=8.4", "pytest-xdist>=3.5", "expecttest", "pybind11", "ninja", "setuptools>=64", "wheel"]
 
 
 def parse_version(raw: str) -> tuple[int, ...]:

@@ -120,3 +120,41 @@ def test_cpu_kernel_agrees_with_the_reference_backend(op, sample_name):
         results[backend] = run.outputs + run.grads
     for i, (a, b) in enumerate(zip(results["cpu"], results["reference"])):
         assert_close(a, b.double(), name=f"tensor {i}")
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
+def test_threads_agree(op):
+    """The CPU splits each step by hidden units across threads (one 16-unit panel of W_hh per
+    task): one and two threads must give the same forward bits (the split changes no sum)
+    and the same gradients up to the all-steps GEMMs' float32 summation order, with packed
+    rows, a partial last panel (H = 136: 8.5 panels, enough work per panel that each is a task
+    of its own) and a one-row tail (B = 7)."""
+    T, B, I, H = 6, 7, 9, 136
+    lengths = [6, 6, 5, 3, 3, 2, 1]
+    tensors = {"lstm": lstm_tensors, "gru": gru_tensors, "rnn": rnn_tensors}[op](T, B, I, H)
+    leaves = [v.detach().float().requires_grad_() for v in tensors.values() if v is not None]
+    function = getattr(fusednn.ops, op)
+
+    def run():
+        x, h0, *rest = leaves
+        hx = (h0, rest.pop(0)) if op == "lstm" else h0
+        y, state = function(x, hx, *rest, batch_sizes=batch_sizes_of(lengths, T))
+        outputs = [y, *(state if op == "lstm" else (state,))]
+        grads = torch.autograd.grad(sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outputs),
+                                    leaves)
+        return [o.detach() for o in outputs] + list(grads)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    outputs = 3 if op == "lstm" else 2
+    for i, (a, b) in enumerate(zip(one, two)):
+        if i < outputs:
+            assert torch.equal(a, b), f"output {i} differs between one and two threads"
+        else:
+            torch.testing.assert_close(a, b, msg=lambda m: f"gradient {i - outputs}: {m}")
