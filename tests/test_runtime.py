@@ -218,9 +218,10 @@ def test_harness_needs_a_baseline_for_low_precision():
 
 def test_no_pytest_plugin_of_the_host_is_loaded(request):
     """pytest runs with --disable-plugin-autoload (pyproject.toml): plugins installed on the
-    machine (pytest-benchmark, hypothesis, ...) do not change the test session."""
-    loaded = [dist.project_name for _, dist in request.config.pluginmanager.list_plugin_distinfo()]
-    assert loaded == []
+    machine (pytest-benchmark, hypothesis, ...) do not change the test session. The one
+    plugin the project loads itself is pytest-xdist, named with -p by make test."""
+    loaded = {dist.project_name for _, dist in request.config.pluginmanager.list_plugin_distinfo()}
+    assert loaded <= {"pytest-xdist"}
 
 
 def test_device_dtypes_by_kind_of_kernel(monkeypatch):
