@@ -31,9 +31,6 @@ class UnitPanels {
   static bool usable(const at::Tensor& weight);  // float32/float64 CPU, groups in {1, 3, 4}
 
   int64_t blocks() const { return (units_ + kUnits - 1) / kUnits; }
-  int64_t groups() const { return groups_; }
-  int64_t units() const { return units_; }
-  int64_t k() const { return k_; }
 
   // tile[r][g][u] = sum_k input[r * lda + k] * weight[k, g * units + block * kUnits + u]
   // for rows r in [0, rows): tile is [rows][groups][kUnits] of the weight's dtype.

@@ -127,7 +127,6 @@ def lstm_bad_inputs() -> list[BadInput]:
         "x-rank": (dict(x=lambda a: a["x"][0]), ValueError, r"x must be 3-D \[T, B, I\]; got shape \(3, 5\)"),
         "x-integer": (dict(x=lambda a: a["x"].long()), TypeError, r"x must be float16, .*; got int64"),
         "x-numpy": (dict(x=lambda a: a["x"].numpy()), TypeError, r"x must be a tensor \[T, B, I\]; got a numpy.ndarray"),
-        "x-no-steps": (dict(x=lambda a: a["x"][:0]), ValueError, r"x must be .*T >= 1.*; got shape \(0, 3, 5\)"),
         "x-feature-size": (dict(x=lambda a: torch.randn(4, 3, 7)), ValueError,
                            r"x must be \[T, B, I\] with I = 5 \(w_ih is \[4H, I\] = \(24, 5\)\); got shape \(4, 3, 7\)"),
         "w_ih-rows": (dict(w_ih=lambda a: a["w_ih"][:23]), ValueError,
@@ -145,17 +144,10 @@ def lstm_bad_inputs() -> list[BadInput]:
         "c0-dtype": (dict(hx=lambda a: (a["hx"][0], a["hx"][1].half())), TypeError, r"c0 must be of x's dtype float32"),
         "w_ih-device": (dict(w_ih=lambda a: a["w_ih"].to("meta")), ValueError, r"w_ih must be on x's device cpu; got meta"),
         "w_hr-shape": (dict(w_hr=torch.randn(3, 5)), ValueError, r"w_hr must be \[P, H\] = \(3, 6\); got shape \(3, 5\)"),
-        "batch_sizes-increasing": (dict(batch_sizes=[2, 3, 1, 1]), ValueError,
-                                   r"batch_sizes must be non-increasing; got \[2, 3, 1, 1\]"),
-        "batch_sizes-length": (dict(batch_sizes=[3, 2]), ValueError,
-                               r"batch_sizes must be T = 4 entries, one per step; got 2 entries"),
-        "batch_sizes-too-big": (dict(batch_sizes=[4, 2, 1, 1]), ValueError,
-                                r"batch_sizes must be in \[0, B = 3\]; got \[4, 2, 1, 1\]"),
-        "batch_sizes-float": (dict(batch_sizes=torch.tensor([3.0, 2, 1, 1])), TypeError,
-                              r"batch_sizes must be integers \[T\]; got a tensor of dtype float32"),
         "batch_sizes-bool": (dict(batch_sizes=[True, 1, 1, 1]), TypeError,
                              r"batch_sizes must be a list of ints \[T\]; got an element True"),
     }
+    cases.update(_SEQUENCE_CASES)  # the x and batch_sizes cases every sequence op shares
     return [BadInput(name, (), _bad_lstm_args(**changes), error, r"fusednn\.ops\.lstm: " + match)
             for name, (changes, error, match) in cases.items()]
 
