@@ -44,3 +44,6 @@ class CompileVariant:
     num_warps: int
     num_stages: int
     archs: tuple[int, ...] = (SM90,)
+    # the module defining ``kernel`` when it is not the module that lists the variant (a
+    # shared kernel, such as the convolutions' epilogue backward)
+    module: str | None = None

@@ -59,7 +59,7 @@ def variant_functions() -> list:
 def jobs() -> list[tuple[str, object, int]]:
     """(kernels module, variant, arch) for every build, in the order the variants list them
     (a module puts its slowest builds first), the archs of one variant next to each other."""
-    return [(function.__module__, variant, arch) for function in variant_functions() if function is not None
+    return [(variant.module or function.__module__, variant, arch) for function in variant_functions() if function is not None
             for variant in function() for arch in variant.archs]
 
 
