@@ -11,6 +11,8 @@ dtype of x: callers pass float32.
 import triton
 import triton.language as tl
 
+from ._tiles import _tanh
+
 # name -> constexpr code; the Python side validates names against these keys.
 ACTIVATION_CODES = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 
@@ -24,11 +26,6 @@ _SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 _SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 _GELU_TANH_CUBIC = tl.constexpr(0.044715)
-
-
-@triton.jit
-def _tanh(x):
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
 @triton.jit
