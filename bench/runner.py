@@ -100,12 +100,12 @@ def register(op: str):
     return wrap
 
 
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn, dynamic=False)``: kernels specialised to each shape, as a model with
-    fixed shapes gets. Each shape and grad mode is a recompile, so the limit is raised."""
+def compiled(fn: Callable, mode: Optional[str] = None) -> Callable:
+    """``torch.compile(fn, dynamic=False, mode=mode)``: kernels specialised to each shape, as a
+    model with fixed shapes gets. Each shape and grad mode is a recompile, so the limit is raised."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, 256)
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, mode=mode)
 
 
 @dataclasses.dataclass(frozen=True)

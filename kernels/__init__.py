@@ -44,6 +44,10 @@ class CompileVariant:
     num_warps: int
     num_stages: int
     archs: tuple[int, ...] = (SM90,)
+    # integer arguments a launch would find divisible by 16 (channel counts, strides of the
+    # non-unit dims): Triton specialises them, and the build should see what a launch sees.
+    # Pointer arguments are always taken as 16-byte aligned (as torch allocates).
+    divisible_by_16: tuple[str, ...] = ()
     # the module defining ``kernel`` when it is not the module that lists the variant (a
     # shared kernel, such as the convolutions' epilogue backward)
     module: str | None = None

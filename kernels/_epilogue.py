@@ -144,7 +144,7 @@ def epilogue_backward(grad_y: torch.Tensor, conv_out: Optional[torch.Tensor], bi
         dummy = grad_y
         c = conv_out if needs_c else dummy
         r = residual if residual is not None else dummy
-        _epilogue_backward_kernel[(programs, triton.cdiv(n, _BLOCK_N))](
+        torch.library.wrap_triton(_epilogue_backward_kernel)[(programs, triton.cdiv(n, _BLOCK_N))](
             grad_y, c, r,
             bias if bias is not None else dummy, scale if scale is not None else dummy,
             shift if shift is not None else dummy,

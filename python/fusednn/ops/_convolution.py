@@ -28,12 +28,18 @@ class ConvGeometry:
     output: tuple[int, int]
 
 
+# torch's messages for the same mistakes
+_TORCH_MESSAGES = {"stride": "non-positive stride is not supported",
+                   "dilation": "dilation should be greater than zero",
+                   "padding": "negative padding is not supported"}
+
+
 def _pair(args: Args, name: str, value: Any, minimum: int) -> tuple[int, int]:
     items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(items) != 2 or any(not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in items):
         raise args.error(name, "an int or a pair of ints", repr(value), TypeError)
     if any(v < minimum for v in items):
-        raise args.error(name, f"at least {minimum}", repr(value))
+        raise args.error(name, f"at least {minimum}", repr(value), torch_message=_TORCH_MESSAGES.get(name))
     return int(items[0]), int(items[1])
 
 

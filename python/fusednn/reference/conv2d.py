@@ -31,14 +31,19 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
            residual: Optional[Tensor] = None, activation: Optional[str] = None) -> Tensor:
     """input [N, C_in, H, W] (or [C_in, H, W]), weight [C_out, C_in / groups, kh, kw]:
     ``act((F.conv2d(input, weight, bias, ...) * scale + shift + residual)``."""
-    y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    # bias, scale and shift may be of another float dtype than the input (fp32 parameters of
+    # an fp16 model), as the kernels allow; the result is in the input's dtype
+    same = bias is None or bias.dtype == input.dtype
+    y = F.conv2d(input, weight, bias if same else None, stride, padding, dilation, groups)
+    if not same:
+        y = y + _per_channel(bias)
     if scale is not None:
         y = y * _per_channel(scale)
     if shift is not None:
         y = y + _per_channel(shift)
     if residual is not None:
         y = y + residual
-    return apply_activation(y, activation)
+    return apply_activation(y, activation).to(input.dtype)
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
