@@ -26,8 +26,9 @@ an unbatched input). ``conv_out`` is the pre-epilogue output c as an
 ``[0]`` tensors.
 
 Layouts, as torch's: the output is channels_last when the input or the weight is
-channels_last (``suggest_memory_format``), else contiguous; the input gradient is in the
-input's memory format; parameter gradients are contiguous. The kernels take any strides,
+channels_last (``suggest_memory_format``), else contiguous, and so are the input and weight
+gradients (torch's rule for its channels_last convolutions); the other parameter gradients
+are contiguous. The kernels take any strides,
 and their main loops read the input and the output gradient as vectors of channels: one
 whose channel stride is not 1 (NCHW) is copied to channels_last first, one read and one
 write of it. Read in place, an NCHW operand is a gather of elements H * W apart, which
@@ -158,8 +159,8 @@ def conv2d_backward(grad_output: Tensor, input: Tensor, weight: Tensor, bias: Op
                     activation: Optional[str], input_grad: bool, weight_grad: bool, bias_grad: bool,
                     scale_grad: bool, shift_grad: bool, residual_grad: bool,
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of conv2d_forward: grad_input in the input's memory format, grad_weight
-    (contiguous) and grad_bias / grad_scale / grad_shift in their tensors' dtypes (reduced in
+    """Gradients of conv2d_forward: grad_input and grad_weight in the output's memory format
+    (``_output_format``), and grad_bias / grad_scale / grad_shift in their tensors' dtypes (reduced in
     float32), grad_residual (the output's shape; a channels_last tensor). ``conv_out`` is the
     forward's second output, required when the backward needs c (an activation, or
     scale_grad); the residual is read only with an activation."""
@@ -172,12 +173,13 @@ def conv2d_backward(grad_output: Tensor, input: Tensor, weight: Tensor, bias: Op
     grad_input, grad_weight, grad_bias, grad_scale, grad_shift = (input.new_empty(0) for _ in range(5))
     if input_grad:
         grad_input = _runtime.empty(input.shape, dtype=input.dtype, device=input.device,
-                                    memory_format=suggest_memory_format(input))
+                                    memory_format=_output_format(input, weight))
         _kernels.conv2d_input_grad(grad_c, _channels_last_weight(weight), stride, padding, dilation, groups,
                                    grad_x=grad_input)
     if weight_grad:
         grad_weight = _kernels.conv2d_weight_grad(grad_c, _channels_innermost(input), weight.shape, stride, padding,
-                                                  dilation, groups).to(weight.dtype)
+                                                  dilation, groups)
+        grad_weight = grad_weight.to(dtype=weight.dtype, memory_format=_output_format(input, weight))
     if bias_grad:
         grad_bias = (sum_dz * scale.float() if scale is not None else sum_dz).to(bias.dtype)
     if scale_grad:
@@ -197,7 +199,8 @@ def _(grad_output, input, weight, bias, scale, shift, residual, conv_out, stride
             return input.new_empty(0)
         return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format)
 
-    return (like(input_grad, input, suggest_memory_format(input)), like(weight_grad, weight), like(bias_grad, bias),
+    layout = _output_format(input, weight)
+    return (like(input_grad, input, layout), like(weight_grad, weight, layout), like(bias_grad, bias),
             like(scale_grad, scale), like(shift_grad, shift), like(residual_grad, grad_output, torch.channels_last))
 
 
