@@ -1,4 +1,4 @@
-"""python -m fusednn {info,check,bench,plot}."""
+"""python -m fusednn {info,check,bench,plot,train}."""
 
 import subprocess
 import sys
@@ -231,24 +231,55 @@ def test_bench_rates_read_at_any_size():
 # --------------------------------------------------------------------------- train
 
 
-@pytest.mark.parametrize("model,unit", [("lstm-lm", "tokens"), ("gru-classifier", "tokens"),
-                                        ("conv-lstm-predictor", "frames")])
-def test_train_prints_losses_and_throughputs(model, unit, capsys):
+# The convolutional models' fused ops are Triton kernels, which the test set-up runs through
+# the interpreter on CPU tensors (seconds per layer): their train runs take the reference
+# backend, so these tests check the command, and the models' tests check the kernels.
+TRAIN_UNITS = {"lstm-lm": "tokens", "gru-classifier": "tokens", "conv-lstm-predictor": "frames",
+               "resnet18": "images", "inception-net": "images"}
+
+
+@pytest.mark.parametrize("model", TRAIN_UNITS)
+def test_train_prints_losses_throughputs_and_memory(model, capsys, monkeypatch):
     import re
 
+    from fusednn.models.tasks import TASKS
+
+    unit = TRAIN_UNITS[model]
+    assert TASKS[model].unit == unit
+    if unit == "images":
+        monkeypatch.setenv("FUSEDNN_BACKEND", "reference")
     assert cli.main(["train", model, "--steps", "3", "--batch-size", "2", "--device", "cpu", "--seed", "1"]) == 0
     captured = capsys.readouterr()
     out = captured.out
     assert out.startswith(f"{model} on cpu: ") and "batch 2, 3 steps" in out and "seed 1" in out
     runs = re.findall(rf"^(fusednn|torch  ) layers: loss (\d+\.\d+) -> (\d+\.\d+) \(held-out batch\), ([\d,]+) "
-                      rf"{unit}/s \(2 timed steps, (\d+\.\d+) s\)$", out, re.M)
+                      rf"{unit}/s \(2 timed steps, (\d+\.\d+) s\), ([\d,]+\.\d\d) MiB saved for backward$",
+                      out, re.M)
     assert [r[0].strip() for r in runs] == ["fusednn", "torch"], out
     # Same initial weights, same batches: the same loss before training.
     assert runs[0][1] == runs[1][1]
-    assert all(float(r[2]) > 0 and int(r[3].replace(",", "")) > 0 for r in runs)
+    assert all(float(r[2]) > 0 and int(r[3].replace(",", "")) > 0 and float(r[5].replace(",", "")) > 0
+               for r in runs)
     ratio = re.search(r"^throughput fusednn / torch layers: (\d+\.\d+)x", out, re.M)
     assert ratio and float(ratio.group(1)) > 0, out
+    memory = re.search(r"^saved for backward fusednn / torch layers: (\d+\.\d+)x \(< 1 means fusednn keeps less\)$",
+                       out, re.M)
+    assert memory and float(memory.group(1)) > 0, out
+    assert "peak memory" not in out  # CUDA only
     assert "3/3 loss" in captured.err  # the progress line's last state
+
+
+def test_saved_for_backward_counts_each_storage_once():
+    from fusednn.models.tasks import SavedForBackward
+
+    weight = torch.randn(5, 3, requires_grad=True)
+    x = torch.randn(4, 5, requires_grad=True)
+    with SavedForBackward([weight]) as saved:
+        y = x @ weight  # saves x (weight excluded)
+        z = (y.exp() * 2).sum()  # exp saves its output y.exp(); y * 2 saves nothing
+        w = x[1:].sin()  # a view of x: x's storage again
+    assert saved.bytes == 4 * 5 * 4 + 4 * 3 * 4
+    assert z.requires_grad and w.requires_grad
 
 
 def test_train_lists_its_models(capsys):

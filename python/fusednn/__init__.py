@@ -7,6 +7,7 @@
 * ``fusednn.registry``   what every op is made of: kernels and their dtypes, reference,
                          samples, bad inputs, benchmark shapes
 * ``fusednn.use_backend`` force a kernel backend (see ``fusednn._runtime``)
+* ``fusednn.fold_conv_bn`` fold inference BatchNorms into the convolutions before them
 """
 
 from . import _runtime
@@ -21,6 +22,7 @@ def build_info() -> dict:
 
 
 from . import ops, nn, models, reference, registry, testing  # noqa: E402  (ops register on import)
+from .fold import fold_conv_bn  # noqa: E402
 
-__all__ = ["BACKENDS", "build_info", "models", "nn", "ops", "reference", "registry", "testing", "use_backend",
-           "__version__"]
+__all__ = ["BACKENDS", "build_info", "fold_conv_bn", "models", "nn", "ops", "reference", "registry", "testing",
+           "use_backend", "__version__"]

@@ -5,7 +5,7 @@
 * ``bench``  time every op against its PyTorch baselines; JSON to bench/results/<device>/.
 * ``plot``   one PNG per op of a ``bench`` JSON (needs matplotlib: ``pip install fusednn[plot]``).
 * ``train``  train a model of ``fusednn.models`` on its synthetic task, then the same model
-             built from torch.nn layers; losses, throughputs and their ratio.
+             built from torch.nn layers; losses, throughputs, memory and their ratios.
 """
 
 from __future__ import annotations
@@ -196,16 +196,35 @@ def cmd_train(args) -> int:
             model = task.build("torch", device)
             model.load_state_dict(initial_state)
         progress = ProgressLine(f"{layers:<7}")
+        torch.manual_seed(args.seed)  # the same dropout masks in both runs
         try:
             results[layers] = result = tasks.train(model, task, steps, batch_size, args.seed, device, learning_rate,
                                                    progress=progress)
         finally:
             progress.close()
+        memory = f"{mebibytes(result.saved_bytes)} saved for backward"
+        if result.peak_bytes is not None:
+            memory += f", peak memory {mebibytes(result.peak_bytes)}"
         print(f"{layers:<7} layers: loss {result.loss_before:.4f} -> {result.loss_after:.4f} (held-out batch), "
-              f"{result.throughput:,.0f} {task.unit}/s ({result.timed_steps} timed steps, {result.seconds:.2f} s)")
-    ratio = results["fusednn"].throughput / results["torch"].throughput
-    print(f"throughput fusednn / torch layers: {ratio:.2f}x (> 1 means fusednn is faster)")
+              f"{result.throughput:,.0f} {task.unit}/s ({result.timed_steps} timed steps, {result.seconds:.2f} s), "
+              f"{memory}")
+    fused, torch_layers = results["fusednn"], results["torch"]
+    print(f"throughput fusednn / torch layers: {fused.throughput / torch_layers.throughput:.2f}x "
+          "(> 1 means fusednn is faster)")
+    print(f"saved for backward fusednn / torch layers: {ratio(fused.saved_bytes, torch_layers.saved_bytes)} "
+          "(< 1 means fusednn keeps less)")
+    if fused.peak_bytes is not None:
+        print(f"peak memory fusednn / torch layers: {ratio(fused.peak_bytes, torch_layers.peak_bytes)} "
+              "(< 1 means fusednn needs less)")
     return 0
+
+
+def mebibytes(count: int) -> str:
+    return f"{count / 2**20:,.2f} MiB"
+
+
+def ratio(ours: int, theirs: int) -> str:
+    return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         "train", help="train a model on its synthetic task, then the same model on torch.nn layers",
         description="Train a model of fusednn.models on its synthetic task (Adam, fresh seeded batches), then the "
                     "same model built from torch.nn layers from the same initial weights on the same batches; print "
-                    "the held-out loss before and after, the throughput of each and their ratio.",
+                    "the held-out loss before and after, the throughput of each, the activation memory a step "
+                    "saves for backward (and on CUDA the peak memory), and their ratios.",
         epilog="models:\n" + models, formatter_class=argparse.RawDescriptionHelpFormatter)
     p_train.add_argument("model", choices=list(TASKS), help="the model and its task (listed below)")
     p_train.add_argument("--steps", type=positive_int, help="training steps (default: the model's, listed below)")
-    p_train.add_argument("--batch-size", type=positive_int, help="sequences per batch (default: the model's)")
+    p_train.add_argument("--batch-size", type=positive_int,
+                         help="sequences, videos or images per batch (default: the model's)")
     p_train.add_argument("--lr", type=positive_float, help="Adam's learning rate (default: the model's)")
     p_train.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p_train.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default: %(default)s)")

@@ -6,9 +6,14 @@
   sequences, pooled over the valid steps.
 * ``ConvLSTMPredictor`` / ``ConvLSTMPredictorConfig``: ConvLSTM encoder and a 1x1 conv head
   predicting the next frame.
+* ``ResNet`` / ``ResNetConfig`` and ``resnet18``, ``resnet34``, ``resnet50``: torchvision's
+  ResNets (its module names: its state_dicts load as they are), each convolution, batch
+  norm, residual add and ReLU fused (``fusednn.nn.conv_bn_act``), channels_last.
+* ``InceptionNet`` / ``InceptionNetConfig``: a small GoogLeNet-style network for 32x32
+  images, every convolution a ``fusednn.nn.ConvBNAct``.
 
-Each builds its recurrent layers from fusednn (``layers="fusednn"``) or from torch
-(``layers="torch"``) with the same parameters. ``fusednn.models.tasks`` holds seeded
+Each builds its recurrent or convolutional layers from fusednn (``layers="fusednn"``) or
+from torch (``layers="torch"``) with the same parameters. ``fusednn.models.tasks`` holds seeded
 synthetic tasks for them and the training run of ``python -m fusednn train``.
 Every name in a model module's ``__all__`` is exported here.
 """
