@@ -49,8 +49,9 @@ def test_every_drop_in_has_a_module_info():
 # The tests a drop-in's extra forward keywords (DropIn.forward_kwargs) run with: those of
 # the forward computation. They run in training mode only (train and eval differ by dropout,
 # which the ops' own tests cover); the module mechanics (construction, repr, pickling, .to)
-# do not depend on them.
-FORWARD_TESTS = ("forward", "non_contiguous_tensors", "grad", "gradgrad", "memory_format")
+# do not depend on them, nor does the non-contiguous test (the ops' registry samples hold
+# non-contiguous views of every input; through the interpreter it took over a minute).
+FORWARD_TESTS = ("forward", "grad", "gradgrad", "memory_format")
 
 
 def _params(test: str, dtypes=DTYPES):
