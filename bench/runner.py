@@ -336,6 +336,7 @@ class Bench:
         self.matmul_peaks: dict[str, dict] = {}  # dtype -> {"tflops", "gemm"} ({} where not measured)
         self.rows: list[Row] = []
         self.skipped: list[Skip] = []
+        self.fusednn_backends: dict[str, str] = {}  # op -> what its "fusednn" provider runs here
         self._started = time.time()
 
     def skip(self, skip: Skip) -> None:
@@ -587,7 +588,8 @@ def run(ops: Optional[list[str]], quick: bool, out_dir: str, device: Optional[to
     commit = _git_commit()
     path = None
     for i, (name, shapes) in enumerate(plan, 1):
-        print(f"[{i}/{len(plan)}] {name}: {len(shapes)} shape(s)", flush=True)
+        backend = bench.fusednn_backends[name] = fusednn_backend(registry.get(name), device)
+        print(f"[{i}/{len(plan)}] {name}: {len(shapes)} shape(s); the fusednn provider runs {backend}", flush=True)
         bench.bench_op(name, shapes, BENCHES[name])
         # Written after every op (complete: false until the end), so a run stopped by a time
         # limit keeps what it measured.
@@ -599,6 +601,19 @@ def run(ops: Optional[list[str]], quick: bool, out_dir: str, device: Optional[to
     print_table(bench.rows)
     print(f"\nwrote {path}")
     return path
+
+
+def fusednn_backend(info, device: torch.device) -> str:
+    """What the op's "fusednn" provider runs on ``device`` (float32 dispatch), said plainly:
+    a kernel backend, or the reference and why (Triton kernels need a GPU, or the interpreter)."""
+    try:
+        backend = info.select(device, torch.float32)
+    except NotImplementedError as exc:  # a forced backend (FUSEDNN_BACKEND) that cannot serve
+        return f"nothing: {exc}"
+    if backend != "reference":
+        return f"its {backend} kernel"
+    kernels = ", ".join(k.backend for k in info.kernels) or "none"
+    return f"its plain-PyTorch reference (its kernels: {kernels}; Triton kernels need a GPU here)"
 
 
 def _payload(bench: "Bench", device: torch.device, quick: bool, now: datetime.datetime, commit: str, complete: bool,
@@ -634,4 +649,5 @@ def _payload(bench: "Bench", device: torch.device, quick: bool, now: datetime.da
         "matmul_peak": bench.matmul_peaks,
         "results": [dataclasses.asdict(r) for r in bench.rows],
         "skipped": [dataclasses.asdict(s) for s in bench.skipped],
+        "fusednn_backends": bench.fusednn_backends,
     }

@@ -154,6 +154,9 @@ def test_bench_json_holds_the_run(stub_runs):
         assert field in run, field
     assert run["device_type"] == "cpu" and run["quick"] is False and run["threads"] == torch.get_num_threads()
     assert run["matmul_peak"] == {"float32": {"tflops": 0.1, "gemm": "stub"}}
+    # what the fusednn provider ran, per op, also printed: the stubs' own C++-style kernel
+    assert run["fusednn_backends"] == {"stub_op": "its cpu kernel", "stub_bytes_op": "its cpu kernel"}
+    assert "stub_op: 2 shape(s); the fusednn provider runs its cpu kernel" in stub_runs["paths"]["full output"]
     rows = [r for r in run["results"] if r["op"] == "stub_op"]
     cases = {(r["provider"], r["mode"], r["shape"]["n"]) for r in rows}
     assert cases == {(p, m, n) for p in ("fusednn", "torch") for m in ("fwd", "bwd", "fwd+bwd") for n in (32, 64)}
