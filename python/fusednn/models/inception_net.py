@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 from .. import nn as fused_nn
 from .._validate import Args, dtype_name
-from ._checks import LAYERS
-from .resnet import check_images, check_labels
+from ._checks import LAYERS, check_images, check_labels
 
 __all__ = ["InceptionNet", "InceptionNetConfig"]
 

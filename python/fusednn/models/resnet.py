@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import nn as fused_nn
-from .._validate import Args, dtype_name, shape_of
-from ._checks import INDEX_DTYPES, LAYERS
+from .._validate import Args, dtype_name
+from ._checks import LAYERS, check_images, check_labels
 
 __all__ = ["ResNet", "ResNetConfig", "resnet18", "resnet34", "resnet50"]
 
@@ -89,23 +89,6 @@ class ResNetConfig:
         args.choice("stem", self.stem, STEMS)
         args.boolean("zero_init_residual", self.zero_init_residual)
         args.choice("layers", self.layers, LAYERS)
-
-
-def check_images(args: Args, images: torch.Tensor, in_channels: int) -> None:
-    """images: a floating-point ``[N, C, H, W]`` tensor with C = ``in_channels`` (the image
-    classifiers' input)."""
-    args.tensor("images", images, "[N, C, H, W]", ndim=4, dtypes=None)
-    if not images.dtype.is_floating_point:
-        raise args.error("images", "a floating-point tensor", dtype_name(images.dtype), TypeError)
-    if images.shape[1] != in_channels:
-        raise args.error("images", f"[N, C, H, W] with C = {in_channels} (config.in_channels)", shape_of(images))
-
-
-def check_labels(args: Args, labels: torch.Tensor, images: torch.Tensor) -> None:
-    """labels: ``[N]`` class ids, N the images' batch."""
-    args.tensor("labels", labels, "[N]", ndim=1, dtypes=INDEX_DTYPES)
-    if isinstance(images, torch.Tensor) and labels.shape[0] != images.shape[0]:
-        raise args.error("labels", f"[N] with N = {images.shape[0]} (the images' batch)", shape_of(labels))
 
 
 def _layer_classes(layers: str) -> dict:
