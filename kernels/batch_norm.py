@@ -322,14 +322,14 @@ def _backward_kernel(
         n = t // tiles_per_image
         p = (t - n * tiles_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
         mask = (p < P)[:, None] & col_mask[None, :]
-        x = tl.load(X + n * stride_xn + p[:, None] * stride_xp + col_offsets * stride_xc, mask=mask, other=0.0)
+        x = tl.load(X + n * stride_xn + p[:, None] * stride_xp + x_cols, mask=mask, other=0.0)
         xhat = (x.to(tl.float32) - mean) * invstd
         dz = tl.load(DY + n * stride_dyn + p[:, None] * stride_dyp + dy_cols, mask=mask, other=0.0)
         dz = dz.to(tl.float32)
         if RECOMPUTE_DZ:
             u = xhat * w + b
             if HAS_RESIDUAL:
-                r = tl.load(R + n * stride_rn + p[:, None] * stride_rp + col_offsets * stride_rc, mask=mask,
+                r = tl.load(R + n * stride_rn + p[:, None] * stride_rp + r_cols, mask=mask,
                             other=0.0)
                 u += r.to(tl.float32)
             dz = dz * activation_derivative(u, ACT)

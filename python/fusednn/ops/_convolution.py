@@ -8,7 +8,6 @@ import dataclasses
 import numbers
 from typing import Any, Optional
 
-import torch
 from torch import Tensor
 
 from fusednn._validate import Args, shape_of
