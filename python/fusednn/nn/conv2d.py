@@ -40,21 +40,6 @@ __all__ = ["Conv2d", "ConvBNAct", "conv_bn_act"]
 LAYERS = ("fusednn", "torch")
 
 
-def _scripted_activation(y: Tensor, activation: Optional[str]) -> Tensor:
-    """apply_activation in a form TorchScript compiles (the scripted branch of Conv2d)."""
-    if activation is None:
-        return y
-    if activation == "relu":
-        return F.relu(y)
-    if activation == "gelu":
-        return F.gelu(y)
-    if activation == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
-    if activation == "silu":
-        return F.silu(y)
-    raise ValueError("fusednn.nn.Conv2d: activation must be one of None, 'relu', 'gelu', 'gelu_tanh', 'silu'")
-
-
 def padded_input(conv: torch.nn.Conv2d, x: Tensor):
     """``(x, padding)`` to pass to a zero-padding convolution: for ``padding_mode`` other
     than ``"zeros"`` (reflect, replicate, circular) ``x`` padded by ``F.pad`` and padding 0,
@@ -97,7 +82,7 @@ class Conv2d(torch.nn.Conv2d):
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript compiles this branch only: torch's function
-            return _scripted_activation(self._conv_forward(input, self.weight, self.bias), self.activation)
+            return apply_activation(self._conv_forward(input, self.weight, self.bias), self.activation)
         return self._fused_forward(input)
 
     @torch.jit.unused

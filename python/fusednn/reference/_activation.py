@@ -15,7 +15,8 @@ ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
 
 def apply_activation(x: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
-    """act(x) as torch computes it: relu, gelu (erf), gelu(approximate="tanh"), silu; None: x."""
+    """act(x) as torch computes it: relu, gelu (erf), gelu(approximate="tanh"), silu; None: x.
+    TorchScript compiles it."""
     if activation is None:
         return x
     if activation == "relu":
@@ -26,7 +27,9 @@ def apply_activation(x: torch.Tensor, activation: Optional[str]) -> torch.Tensor
         return F.gelu(x, approximate="tanh")
     if activation == "silu":
         return F.silu(x)
-    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    # no !r conversion: TorchScript compiles this function (fusednn.nn.Conv2d's scripted branch)
+    raise ValueError(f"unknown activation '{activation}'; expected one of None, 'relu', 'gelu', 'gelu_tanh', "
+                     "'silu'")
 
 
 def check_activation(args: Args, activation, allowed=ACTIVATIONS) -> Optional[str]:
