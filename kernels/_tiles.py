@@ -12,8 +12,10 @@ taking each tile's start offset. A band (causal, sliding window: query i sees ke
 ``i + shift - window_left .. i + shift + window_right``) is cut into segments
 (``_key_band_segments`` / ``_query_band_segments``), from which ``_band_tile_runs`` gives
 two runs, the partially visible tiles (masked) and the fully visible ones (no masking),
-and ``_band_tile_start`` the start of tile t of a run. A kernel over a list of key blocks
-(block-sparse) takes its starts from that list instead and reuses the addressing helpers.
+and ``_band_tile_start`` the start of tile t of a run. Block-sparse attention visits a list of
+tiles instead of a band: ``_tile_runs`` / ``_tile_start`` give the runs and starts of either
+kind (``SPARSE``), a program's list holding the indices of its partially visible tiles first
+and then those of its fully visible ones, with the two counts beside it.
 
 Math: softmax runs in base 2 (``exp2`` is one instruction): scores are scaled by
 ``LOG2E`` and a base-2 log-sum-exp returns to natural log through ``LN2``.
@@ -162,3 +164,36 @@ def _band_tile_start(t, first, n_first, second, BLOCK: tl.constexpr, PARTIAL: tl
     else:  # one contiguous run: plain address arithmetic for the pipeliner
         start = first + t * BLOCK
     return start
+
+
+# --------------------------------------------------------------------------- band or tile list
+
+
+@triton.jit
+def _tile_runs(partial: tl.constexpr, lo, s1, s2, hi, Count, BLOCK: tl.constexpr, SPARSE: tl.constexpr):
+    """The runs of _band_tile_runs for a band (lo, s1, s2, hi), or with ``SPARSE`` for a tile
+    list whose counts are at ``Count``: [partially visible, all visible]. A list's run is
+    (offset in the list, count, unused, count)."""
+    if SPARSE:
+        n_partial = tl.load(Count)
+        n_all = tl.load(Count + 1)
+        if partial:
+            first = n_partial * 0
+            count = n_partial
+        else:
+            first = n_partial
+            count = n_all - n_partial
+        return first, count, first, count
+    else:
+        return _band_tile_runs(partial, lo, s1, s2, hi, BLOCK)
+
+
+@triton.jit
+def _tile_start(t, first, n_first, second, List, BLOCK: tl.constexpr, PARTIAL: tl.constexpr,
+                SPARSE: tl.constexpr):
+    """Start of tile t of a run of _tile_runs: from the band, or the t-th index of the run in
+    the tile list at ``List``."""
+    if SPARSE:
+        return tl.load(List + first + t) * BLOCK
+    else:
+        return _band_tile_start(t, first, n_first, second, BLOCK, PARTIAL)

@@ -44,8 +44,6 @@ from fusednn.kernels import SM80, SM90, TRITON_DEFAULT_STAGES, TRITON_DEFAULT_WA
 from fusednn.kernels._tiles import (
     LN2,
     LOG2E,
-    _band_tile_runs,
-    _band_tile_start,
     _head_ptr,
     _head_sequence,
     _key_band_segments,
@@ -53,6 +51,8 @@ from fusednn.kernels._tiles import (
     _query_band_segments,
     _store_tile,
     _tanh,
+    _tile_runs,
+    _tile_start,
 )
 
 MAX_HEAD_DIM = 256
@@ -102,6 +102,14 @@ def _dropout_seed(Seed, DROPOUT: tl.constexpr):
 
 
 @triton.jit
+def _tile_list(TileList, TileCount, h64, tile, stride_list_h, stride_list_t, stride_count_h):
+    """The tile list of this program's tile (query tile, or key tile in the dk/dv pass) of head
+    h, and its two counts (block-sparse; unused otherwise)."""
+    tile64 = tile.to(tl.int64)
+    return TileList + h64 * stride_list_h + tile64 * stride_list_t, TileCount + h64 * stride_count_h + tile64 * 2
+
+
+@triton.jit
 def _query_block(
     Q, K, V, Bias, b, h, group, q_start, q_len, k_start, m0,
     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
@@ -128,18 +136,18 @@ def _query_block(
 
 @triton.jit
 def _forward_tiles(
-    acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
+    acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count, tile_list,
     stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
     q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale,
     D, DV,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
-    DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, PRECISION: tl.constexpr, SPARSE: tl.constexpr,
 ):
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for t in range(0, count):
-        cols = _band_tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
+        cols = _tile_start(t, first, n_first, second, tile_list, BLOCK_N, MASKED, SPARSE) + tl.arange(0, BLOCK_N)
         col_ok = cols < k_len
         kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
         qk = tl.dot(q, kt, input_precision=PRECISION)
@@ -163,18 +171,19 @@ def _forward_tiles(
 
 @triton.jit
 def _forward_kernel(
-    Q, K, V, Bias, Out, Lse, CuQ, CuK, Seed,
+    Q, K, V, Bias, Out, Lse, CuQ, CuK, Seed, TileList, TileCount,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
     stride_ob, stride_oh, stride_ot, stride_od,
     stride_bias_b, stride_bias_h, stride_bias_q, stride_bias_k,
-    stride_lse_b, stride_lse_h,
+    stride_lse_b, stride_lse_h, stride_list_h, stride_list_t, stride_count_h,
     num_heads, group, max_q, max_k, sm_scale, softcap, window_left, window_right, dropout_p, dropout_scale,
     D: tl.constexpr, DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    SPARSE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     b, h, q_start, q_len, k_start, k_len, shift = _head_sequence(bh, num_heads, CuQ, CuK, max_q, max_k, VARLEN,
@@ -188,19 +197,21 @@ def _forward_kernel(
         stride_bias_b, stride_bias_h, D, BLOCK_M, BLOCK_D,
     )
     seed = _dropout_seed(Seed, DROPOUT)
+    tile_list, tile_count = _tile_list(TileList, TileCount, h64, tl.program_id(0), stride_list_h, stride_list_t,
+                                       stride_count_h)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     lo, s1, s2, hi = _key_band_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
                                         HAS_LEFT, HAS_RIGHT)
     for run in tl.static_range(2):  # the partially visible key tiles (masked), then the fully visible
-        first, n_first, second, count = _band_tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
+        first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, tile_count, BLOCK_N, SPARSE)
         acc, l_i, m_i = _forward_tiles(
-            acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
+            acc, l_i, m_i, q, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count, tile_list,
             stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
             q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale,
             D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND,
-            DROPOUT, PRECISION,
+            DROPOUT, PRECISION, SPARSE,
         )
 
     empty = l_i == 0.0
@@ -250,20 +261,21 @@ def _load_lse2(Lse, rows, row_ok):
 @triton.jit
 def _backward_dkdv_tiles(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed, bh,
-    first, n_first, second, count,
+    first, n_first, second, count, tile_list,
     stride_qt, stride_qd, stride_gt, stride_gd, stride_bias_q, stride_bias_k, stride_dbias_q, stride_dq_t,
     q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
+    SPARSE: tl.constexpr,
 ):
-    """Adds the contributions of the query tiles (see _band_tile_runs) to dk, dv ([BLOCK_N, D] float32);
+    """Adds the contributions of the query tiles (see _tile_runs) to dk, dv ([BLOCK_N, D] float32);
     works on transposed [keys, queries] tiles. With ATOMIC_DQ also adds dq (float32 atomics)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     col_ok = cols < k_len
     for t in range(0, count):
-        rows = _band_tile_start(t, first, n_first, second, BLOCK_M, MASKED) + tl.arange(0, BLOCK_M)
+        rows = _tile_start(t, first, n_first, second, tile_list, BLOCK_M, MASKED, SPARSE) + tl.arange(0, BLOCK_M)
         row_ok = rows < q_len
         qt = _load_tile(q_base, offs_d, rows, stride_qd, stride_qt, D, q_len)
         qkt = tl.dot(k, qt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
@@ -297,7 +309,7 @@ def _backward_dkdv_tiles(
 
 @triton.jit
 def _backward_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, Bias, DBias, DQAcc, DK, DV_, CuQ, CuK, Seed,
+    Q, K, V, DOut, Lse, Delta, Bias, DBias, DQAcc, DK, DV_, CuQ, CuK, Seed, TileList, TileCount,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
@@ -307,13 +319,13 @@ def _backward_dkdv_kernel(
     stride_dq_b, stride_dq_h, stride_dq_t,
     stride_dkb, stride_dkh, stride_dkt, stride_dkd,
     stride_dvb, stride_dvh, stride_dvt, stride_dvd,
-    stride_lse_b, stride_lse_h,
+    stride_lse_b, stride_lse_h, stride_list_h, stride_list_t, stride_count_h,
     num_kv_heads, group, max_q, max_k, sm_scale, softcap, window_left, window_right, dropout_p, dropout_scale,
     D: tl.constexpr, DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, DROPOUT: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr, SPARSE: tl.constexpr,
 ):
     bhkv = tl.program_id(1)
     b, hkv, q_start, q_len, k_start, k_len, shift = _head_sequence(bhkv, num_kv_heads, CuQ, CuK, max_q, max_k, VARLEN,
@@ -347,15 +359,17 @@ def _backward_dkdv_kernel(
         bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h
         dbias_base = DBias + b64 * stride_dbias_b + h64 * stride_dbias_h
         dq_base = _head_ptr(DQAcc, b64, h64, q_row0, stride_dq_b, stride_dq_h, stride_dq_t)
+        tile_list, tile_count = _tile_list(TileList, TileCount, h64, tl.program_id(0), stride_list_h, stride_list_t,
+                                           stride_count_h)
         for run in tl.static_range(2):  # the partially visible query tiles (masked), then the fully visible
-            first, n_first, second, count = _band_tile_runs(run == 0, lo, s1, s2, hi, BLOCK_M)
+            first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, tile_count, BLOCK_M, SPARSE)
             dk, dv = _backward_dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base, dbias_base, dq_base, cols, seed,
-                bh, first, n_first, second, count,
+                bh, first, n_first, second, count, tile_list,
                 stride_qt, stride_qd, stride_gt, stride_gd, stride_bias_q, stride_bias_k, stride_dbias_q,
                 stride_dq_t, q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p,
                 dropout_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP,
-                BIAS_KIND, BIAS_GRAD, DROPOUT, ATOMIC_DQ, PRECISION,
+                BIAS_KIND, BIAS_GRAD, DROPOUT, ATOMIC_DQ, PRECISION, SPARSE,
             )
     dk = dk * sm_scale
     _store_tile(_head_ptr(DK, b64, hkv64, k_row0, stride_dkb, stride_dkh, stride_dkt), cols, offs_d, stride_dkt,
@@ -366,18 +380,18 @@ def _backward_dkdv_kernel(
 
 @triton.jit
 def _backward_dq_tiles(
-    dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
+    dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count, tile_list,
     stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
     q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr,
-    DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, PRECISION: tl.constexpr, SPARSE: tl.constexpr,
 ):
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = rows < q_len
     for t in range(0, count):
-        cols = _band_tile_start(t, first, n_first, second, BLOCK_N, MASKED) + tl.arange(0, BLOCK_N)
+        cols = _tile_start(t, first, n_first, second, tile_list, BLOCK_N, MASKED, SPARSE) + tl.arange(0, BLOCK_N)
         col_ok = cols < k_len
         kt = _load_tile(k_base, offs_d, cols, stride_kd, stride_kt, D, k_len)
         vt = _load_tile(v_base, offs_dv, cols, stride_vd, stride_vt, DV, k_len)
@@ -400,19 +414,20 @@ def _backward_dq_tiles(
 
 @triton.jit
 def _backward_dq_kernel(
-    Q, K, V, DOut, Lse, Delta, Bias, DQ, CuQ, CuK, Seed,
+    Q, K, V, DOut, Lse, Delta, Bias, DQ, CuQ, CuK, Seed, TileList, TileCount,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
     stride_gb, stride_gh, stride_gt, stride_gd,
     stride_bias_b, stride_bias_h, stride_bias_q, stride_bias_k,
     stride_dqb, stride_dqh, stride_dqt, stride_dqd,
-    stride_lse_b, stride_lse_h,
+    stride_lse_b, stride_lse_h, stride_list_h, stride_list_t, stride_count_h,
     num_heads, group, max_q, max_k, sm_scale, softcap, window_left, window_right, dropout_p, dropout_scale,
     D: tl.constexpr, DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, BIAS_KIND: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    SPARSE: tl.constexpr,
 ):
     bh = tl.program_id(1)
     b, h, q_start, q_len, k_start, k_len, shift = _head_sequence(bh, num_heads, CuQ, CuK, max_q, max_k, VARLEN,
@@ -431,16 +446,20 @@ def _backward_dq_kernel(
     lse2 = _load_lse2(_head_ptr(Lse, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1), rows, row_ok)
     delta = tl.load(_head_ptr(Delta, b64, h64, q_row0, stride_lse_b, stride_lse_h, 1) + rows, mask=row_ok, other=0.0)
     seed = _dropout_seed(Seed, DROPOUT)
+    tile_list, tile_count = _tile_list(TileList, TileCount, h64, tl.program_id(0), stride_list_h, stride_list_t,
+                                       stride_count_h)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, s1, s2, hi = _key_band_segments(m0, k_len, shift, window_left, window_right, BLOCK_M, BLOCK_N,
                                         HAS_LEFT, HAS_RIGHT)
     for run in tl.static_range(2):  # the partially visible key tiles (masked), then the fully visible
-        first, n_first, second, count = _band_tile_runs(run == 0, lo, s1, s2, hi, BLOCK_N)
+        first, n_first, second, count = _tile_runs(run == 0, lo, s1, s2, hi, tile_count, BLOCK_N, SPARSE)
         dq = _backward_dq_tiles(
             dq, q, do, lse2, delta, k_base, v_base, bias_base, rows, seed, bh, first, n_first, second, count,
+            tile_list,
             stride_kt, stride_kd, stride_vt, stride_vd, stride_bias_q, stride_bias_k,
             q_len, k_len, shift, window_left, window_right, sm_scale, softcap, dropout_p, dropout_scale, D, DV,
             BLOCK_N, BLOCK_D, BLOCK_DV, run == 0, HAS_LEFT, HAS_RIGHT, SOFTCAP, BIAS_KIND, DROPOUT, PRECISION,
+            SPARSE,
         )
     dq = dq * sm_scale
     _store_tile(_head_ptr(DQ, b64, h64, q_row0, stride_dqb, stride_dqh, stride_dqt), rows, tl.arange(0, BLOCK_D),
@@ -487,8 +506,12 @@ class Options:
     dropout_p: float = _option("float")
     seed: Optional[torch.Tensor] = _option("Tensor?")  # int64 [1] on q's device; None without dropout
     deterministic: bool = _option("bool")  # backward: dq in its own pass instead of float32 atomics
+    # Block-sparse attention: bool [Hq or 1, ceil(Tq / block_size), ceil(Tk / block_size)], query
+    # block i attends to key block j where layout[h, i, j] (and within the band); None: dense.
+    layout: Optional[torch.Tensor] = dataclasses.field(default=None, metadata={"schema": "Tensor?"})
+    block_size: int = dataclasses.field(default=0, metadata={"schema": "SymInt"})
 
-    TENSORS = ("cu_seqlens_q", "cu_seqlens_k", "seed")
+    TENSORS = ("cu_seqlens_q", "cu_seqlens_k", "seed", "layout")
 
     @classmethod
     def count(cls) -> int:
@@ -507,6 +530,10 @@ class Options:
     @property
     def varlen(self) -> bool:
         return self.cu_seqlens_q is not None
+
+    @property
+    def sparse(self) -> bool:
+        return self.layout is not None
 
     def dropout_scale(self) -> float:
         return 0.0 if self.dropout_p >= 1.0 else 1.0 / (1.0 - self.dropout_p)
@@ -555,11 +582,53 @@ _GPU_CONFIGS = {  # pass -> {max padded head dim: config}
 }
 
 
-def tile_config(kernel_pass: str, block_d: int, interpreting: bool) -> TileConfig:
-    """The tiles of ``kernel_pass`` ("forward", "dkdv" or "dq") for a padded head dim."""
+def tile_config(kernel_pass: str, block_d: int, interpreting: bool, block_size: int = 0) -> TileConfig:
+    """The tiles of ``kernel_pass`` ("forward", "dkdv" or "dq") for a padded head dim. A
+    block-sparse call (``block_size`` > 0, a power of two >= 16) takes tiles no larger than its
+    blocks, so that a tile lies in one block row and one block column of the layout."""
     if interpreting:
-        return _INTERPRETER_CONFIGS[kernel_pass]
-    return next(c for d, c in _GPU_CONFIGS[kernel_pass].items() if block_d <= d)
+        config = _INTERPRETER_CONFIGS[kernel_pass]
+    else:
+        config = next(c for d, c in _GPU_CONFIGS[kernel_pass].items() if block_d <= d)
+    if block_size:
+        config = dataclasses.replace(config, block_m=min(config.block_m, block_size),
+                                     block_n=min(config.block_n, block_size))
+    return config
+
+
+def sparse_tile_lists(layout: torch.Tensor, block_size: int, block_m: int, block_n: int, seqlen_q: int,
+                      seqlen_k: int, causal: bool, by_key: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiles each program of a block-sparse pass visits: for every query tile (``by_key``:
+    every key tile) of every layout head, the indices of the key (query) tiles it meets,
+    the partially visible ones first (they cross the causal diagonal or the end of the keys:
+    masked), then the fully visible ones, as ``lists`` int32 [Hl, tiles, other tiles]
+    (entries past the count unused) and ``counts`` int32 [Hl, tiles, 2] = (partial, all)."""
+    device = layout.device
+    q0 = torch.arange(triton.cdiv(seqlen_q, block_m), device=device) * block_m
+    k0 = torch.arange(triton.cdiv(seqlen_k, block_n), device=device) * block_n
+    visible = layout[:, (q0 // block_size)[:, None], (k0 // block_size)[None, :]]  # [Hl, query tiles, key tiles]
+    partial = (k0 + block_n > seqlen_k)[None, :].expand(q0.numel(), k0.numel())
+    if causal:  # key j visible to query i when j <= i
+        visible = visible & (k0[None, :] <= q0[:, None] + block_m - 1)
+        partial = partial | (k0[None, :] + block_n - 1 > q0[:, None])
+    if by_key:
+        visible, partial = visible.transpose(1, 2), partial.transpose(0, 1)
+    rank = torch.where(visible, (~partial).to(torch.int8), 2)  # partial 0, full 1, not visited 2
+    lists = torch.argsort(rank, dim=-1, stable=True).to(torch.int32)
+    counts = torch.stack(((visible & partial).sum(-1), visible.sum(-1)), dim=-1).to(torch.int32)
+    return lists.contiguous(), counts.contiguous()
+
+
+def _tile_list_args(q: torch.Tensor, options: Options, config: TileConfig, by_key: bool) -> tuple:
+    """(TileList, TileCount, stride_list_h, stride_list_t, stride_count_h) of a pass: the
+    block-sparse tile lists, or a stand-in pointer (never read) for dense attention."""
+    if not options.sparse:
+        return q, q, 0, 0, 0
+    causal = options.window_right == 0
+    lists, counts = sparse_tile_lists(options.layout, options.block_size, config.block_m, config.block_n,
+                                      options.max_seqlen_q, options.max_seqlen_k, causal, by_key)
+    shared = lists.shape[0] == 1  # one layout for every head
+    return (lists, counts, 0 if shared else lists.stride(0), lists.stride(1), 0 if shared else counts.stride(0))
 
 
 def _preprocess_block(interpreting: bool) -> int:
@@ -584,6 +653,7 @@ def _common_meta(q, v, bias, options: Options) -> dict:
         SOFTCAP=options.softcap > 0,
         BIAS_KIND=0 if bias is None else (2 if bias.dtype == torch.bool else 1),
         DROPOUT=options.dropout_p > 0,
+        SPARSE=options.sparse,
         # float32 inputs get true float32 products (tf32 would cost ~1e-3 relative error).
         PRECISION="ieee" if is_fp32 else "tf32",
     )
@@ -613,14 +683,16 @@ def attention_forward(q, k, v, bias, out, lse, options: Options) -> None:
     if batch == 0 or num_heads == 0 or options.max_seqlen_q == 0:
         return
     meta = _common_meta(q, v, bias, options)
-    config = tile_config("forward", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device))
+    config = tile_config("forward", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device),
+                         options.block_size)
     bias_arg, cu_q, cu_k, seed = _aux(q, bias, options)
+    tile_list, tile_count, *list_strides = _tile_list_args(q, options, config, by_key=False)
     grid = (triton.cdiv(options.max_seqlen_q, config.block_m), batch * num_heads)
     torch.library.wrap_triton(_forward_kernel)[grid](
-        q, k, v, bias_arg, out, lse, cu_q, cu_k, seed,
+        q, k, v, bias_arg, out, lse, cu_q, cu_k, seed, tile_list, tile_count,
         *_strides(q, options.varlen), *_strides(k, options.varlen), *_strides(v, options.varlen),
         *_strides(out, options.varlen), *_bias_strides(bias),
-        0 if options.varlen else lse.stride(0), lse.stride(1),
+        0 if options.varlen else lse.stride(0), lse.stride(1), *list_strides,
         num_heads, num_heads // k.shape[1], *_scalars(options), q.shape[-1], v.shape[-1],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, num_warps=config.num_warps,
         num_stages=config.num_stages, **meta,
@@ -640,7 +712,7 @@ def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, opt
         return
     varlen = options.varlen
     meta = _common_meta(q, v, bias, options)
-    config = tile_config("dkdv", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device))
+    config = tile_config("dkdv", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device), options.block_size)
     bias_arg, cu_q, cu_k, seed = _aux(q, bias, options)
     lse_strides = (0 if varlen else lse.stride(0), lse.stride(1))
     # Keys of a sequence shorter than max_seqlen_k are never visited by a program: the
@@ -658,13 +730,14 @@ def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, opt
     dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device) if atomic_dq else dq
     dbias_arg = dbias if dbias is not None else q
     dbias_strides = tuple(dbias.stride()[:3]) if dbias is not None else (0, 0, 0)
+    tile_list, tile_count, *list_strides = _tile_list_args(q, options, config, by_key=True)
     torch.library.wrap_triton(_backward_dkdv_kernel)[
         (triton.cdiv(options.max_seqlen_k, config.block_n), batch * num_kv_heads)
     ](
-        q, k, v, grad_out, lse, delta, bias_arg, dbias_arg, dq_acc, dk, dv, cu_q, cu_k, seed,
+        q, k, v, grad_out, lse, delta, bias_arg, dbias_arg, dq_acc, dk, dv, cu_q, cu_k, seed, tile_list, tile_count,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
         *_bias_strides(bias), *dbias_strides, *_strides(dq_acc, varlen)[:3], *_strides(dk, varlen),
-        *_strides(dv, varlen), *lse_strides,
+        *_strides(dv, varlen), *lse_strides, *list_strides,
         num_kv_heads, num_heads // num_kv_heads, *_scalars(options), q.shape[-1], v.shape[-1],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BIAS_GRAD=dbias is not None, ATOMIC_DQ=atomic_dq,
         num_warps=config.num_warps, num_stages=config.num_stages, **meta,
@@ -672,13 +745,15 @@ def attention_backward(grad_out, q, k, v, out, lse, bias, dq, dk, dv, dbias, opt
     if atomic_dq:
         dq.copy_(dq_acc)
         return
-    dq_config = tile_config("dq", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device))
+    dq_config = tile_config("dq", max(meta["BLOCK_D"], meta["BLOCK_DV"]), _interpreting(q.device),
+                            options.block_size)
+    tile_list, tile_count, *list_strides = _tile_list_args(q, options, dq_config, by_key=False)
     torch.library.wrap_triton(_backward_dq_kernel)[
         (triton.cdiv(options.max_seqlen_q, dq_config.block_m), batch * num_heads)
     ](
-        q, k, v, grad_out, lse, delta, bias_arg, dq, cu_q, cu_k, seed,
+        q, k, v, grad_out, lse, delta, bias_arg, dq, cu_q, cu_k, seed, tile_list, tile_count,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
-        *_bias_strides(bias), *_strides(dq, varlen), *lse_strides,
+        *_bias_strides(bias), *_strides(dq, varlen), *lse_strides, *list_strides,
         num_heads, num_heads // num_kv_heads, *_scalars(options), q.shape[-1], v.shape[-1],
         BLOCK_M=dq_config.block_m, BLOCK_N=dq_config.block_n, num_warps=dq_config.num_warps,
         num_stages=dq_config.num_stages, **meta,
@@ -700,13 +775,16 @@ def dropout_keep_mask(seed: torch.Tensor, batch: int, heads: int, seqlen_q: int,
 # --------------------------------------------------------------------------- compile check
 
 
+_PLAIN = dict(VARLEN=False, BOTTOM_RIGHT=False, HAS_LEFT=False, HAS_RIGHT=False, SOFTCAP=False, BIAS_KIND=0,
+              DROPOUT=False, PRECISION="tf32", SPARSE=False)
+
+
 def compile_variants() -> list[CompileVariant]:
     """Each pass with the tiles its launcher picks on a GPU: plain bfloat16 at every padded
     head dim (also for sm_80), and causal, every option at once, float32 with a bool mask
     and a padded float16 head dim with a window. float32 goes first: its dots run on FMA
     units and take longest to compile, so a pool of workers starts them first."""
-    plain = dict(VARLEN=False, BOTTOM_RIGHT=False, HAS_LEFT=False, HAS_RIGHT=False, SOFTCAP=False, BIAS_KIND=0,
-                 DROPOUT=False, PRECISION="tf32")
+    plain = _PLAIN
     everything = dict(plain, VARLEN=True, BOTTOM_RIGHT=True, HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=True, BIAS_KIND=1,
                       DROPOUT=True)
     cases = [  # (name, dtype, head dim, constexprs, archs)
@@ -718,27 +796,7 @@ def compile_variants() -> list[CompileVariant]:
         ("all-options", "bf16", 128, everything, (SM90,)),
         ("fp16-window", "fp16", 80, dict(plain, HAS_LEFT=True, HAS_RIGHT=True), (SM90,)),
     ]
-    variants = []
-    for name, dtype, head_dim, meta, archs in cases:
-        tensor = "*" + dtype
-        types = dict(Q=tensor, K=tensor, V=tensor, Out=tensor, DOut=tensor, DK=tensor, DV_=tensor, DQ=tensor,
-                     Bias="*u8" if meta["BIAS_KIND"] == 2 else "*fp32", Lse="*fp32", Delta="*fp32", DBias="*fp32",
-                     DQAcc="*fp32", CuQ="*i32", CuK="*i32", Seed="*i64", sm_scale="fp32", softcap="fp32",
-                     dropout_p="fp32", dropout_scale="fp32")
-        block_d = _block_d(head_dim)
-        dims = dict(D=head_dim, DV=head_dim, BLOCK_D=block_d, BLOCK_DV=block_d)
-        for kernel_pass, kernel in (("forward", _forward_kernel), ("dkdv", _backward_dkdv_kernel),
-                                    ("dq", _backward_dq_kernel)):
-            config = tile_config(kernel_pass, block_d, interpreting=False)
-            constexprs = dict(meta, **dims, BLOCK_M=config.block_m, BLOCK_N=config.block_n)
-            if kernel_pass == "dkdv":
-                # the plain builds take the deterministic backward (dq in its own pass), the others atomics
-                constexprs.update(BIAS_GRAD=meta["BIAS_KIND"] == 1, ATOMIC_DQ=name != "plain")
-            variants.append(CompileVariant(
-                name=f"attention {kernel_pass} {name} {dtype} D={head_dim}", kernel=kernel.__name__,
-                types={arg: t for arg, t in types.items() if arg in kernel.arg_names}, constexprs=constexprs,
-                num_warps=config.num_warps, num_stages=config.num_stages, archs=archs,
-            ))
+    variants = _pass_variants("attention", cases)
     variants.append(CompileVariant(
         name="attention preprocess bf16 D=128", kernel=_backward_preprocess_kernel.__name__,
         types=dict(Out="*bf16", DOut="*bf16", Delta="*fp32", CuQ="*i32"),
@@ -752,4 +810,42 @@ def compile_variants() -> list[CompileVariant]:
         constexprs=dict(BLOCK_M=mask_block, BLOCK_N=mask_block), num_warps=TRITON_DEFAULT_WARPS,
         num_stages=TRITON_DEFAULT_STAGES,
     ))
+    return variants
+
+
+def block_sparse_compile_variants() -> list[CompileVariant]:
+    """The three passes over a tile list (``SPARSE``) with the tiles a block-sparse launch
+    picks: causal bfloat16 D=64 with blocks of 64 (also for sm_80) and bfloat16 D=128 with
+    blocks of 128."""
+    cases = [
+        ("causal", "bf16", 64, dict(_PLAIN, HAS_RIGHT=True, SPARSE=True), (SM90, SM80), 64),
+        ("plain", "bf16", 128, dict(_PLAIN, SPARSE=True), (SM90,), 128),
+    ]
+    return _pass_variants("block-sparse attention", cases)
+
+
+def _pass_variants(prefix: str, cases) -> list[CompileVariant]:
+    """The forward, dk/dv and dq builds of each case (name, dtype, head dim, constexprs, archs
+    [, block size of a block-sparse layout])."""
+    variants = []
+    for name, dtype, head_dim, meta, archs, *block_size in cases:
+        tensor = "*" + dtype
+        types = dict(Q=tensor, K=tensor, V=tensor, Out=tensor, DOut=tensor, DK=tensor, DV_=tensor, DQ=tensor,
+                     Bias="*u8" if meta["BIAS_KIND"] == 2 else "*fp32", Lse="*fp32", Delta="*fp32", DBias="*fp32",
+                     DQAcc="*fp32", CuQ="*i32", CuK="*i32", Seed="*i64", TileList="*i32", TileCount="*i32",
+                     sm_scale="fp32", softcap="fp32", dropout_p="fp32", dropout_scale="fp32")
+        block_d = _block_d(head_dim)
+        dims = dict(D=head_dim, DV=head_dim, BLOCK_D=block_d, BLOCK_DV=block_d)
+        for kernel_pass, kernel in (("forward", _forward_kernel), ("dkdv", _backward_dkdv_kernel),
+                                    ("dq", _backward_dq_kernel)):
+            config = tile_config(kernel_pass, block_d, False, *block_size)
+            constexprs = dict(meta, **dims, BLOCK_M=config.block_m, BLOCK_N=config.block_n)
+            if kernel_pass == "dkdv":
+                # the plain builds take the deterministic backward (dq in its own pass), the others atomics
+                constexprs.update(BIAS_GRAD=meta["BIAS_KIND"] == 1, ATOMIC_DQ=name != "plain")
+            variants.append(CompileVariant(
+                name=f"{prefix} {kernel_pass} {name} {dtype} D={head_dim}", kernel=kernel.__name__,
+                types={arg: t for arg, t in types.items() if arg in kernel.arg_names}, constexprs=constexprs,
+                num_warps=config.num_warps, num_stages=config.num_stages, archs=archs,
+            ))
     return variants
