@@ -199,10 +199,11 @@ def empty(*size, **kwargs) -> torch.Tensor:
 
 
 
-def export_families(package: str, path, namespace: dict) -> list[str]:
+def export_families(package: str, path, namespace: dict, helpers: tuple[str, ...] = ()) -> list[str]:
     """Imports every family module of ``package`` (``fusednn.ops``, ``.reference``, ``.nn``)
     and puts the names in each one's ``__all__`` into the package's ``namespace``; returns
-    them. A new family module is picked up by its presence: no list to extend."""
+    them. A new family module is picked up by its presence: no list to extend. ``helpers``
+    are modules imported (reached as ``package.<module>``) whose names stay in them."""
     import importlib
     import pkgutil
 
@@ -211,6 +212,8 @@ def export_families(package: str, path, namespace: dict) -> list[str]:
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{package}.{info.name}")
+        if info.name in helpers:
+            continue
         for name in module.__all__:
             namespace[name] = getattr(module, name)
             exported.append(name)
