@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import nn as fused_nn
 from .._validate import Args, describe, dtype_name, shape_of
+from . import _generation
 from ._checks import INDEX_DTYPES, LAYERS, check_token_range
 
 __all__ = ["LSTMLanguageModel", "LSTMLanguageModelConfig"]
@@ -113,7 +114,6 @@ class LSTMLanguageModel(torch.nn.Module):
         logits, _ = self(tokens)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-    @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Continue ``prompt`` by ``max_new_tokens`` sampled tokens.
@@ -127,46 +127,8 @@ class LSTMLanguageModel(torch.nn.Module):
         LSTM step from the carried state (no recomputation of the sequence). Runs in eval
         mode (no dropout) and restores the module's mode afterwards.
         """
-        args = Args("fusednn.models.LSTMLanguageModel.generate")
-        args.tensor("prompt", prompt, "[B, P] or [P]", ndim=(1, 2), dtypes=INDEX_DTYPES)
-        if prompt.shape[-1] == 0:
-            raise args.error("prompt", "at least one token (P >= 1)", shape_of(prompt))
-        max_new_tokens = args.integer("max_new_tokens", max_new_tokens, minimum=0)
-        temperature = args.real("temperature", temperature, minimum=0.0)
-        if top_k is not None:
-            top_k = args.integer("top_k", top_k, minimum=1, maximum=self.config.vocab_size)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise args.error("generator", "a torch.Generator or None", describe(generator), TypeError)
-
-        unbatched = prompt.dim() == 1
-        tokens = prompt.unsqueeze(0) if unbatched else prompt
-        was_training = self.training
-        self.eval()
-        try:
-            generated = [tokens]
-            logits, state = self(tokens)
-            for step in range(max_new_tokens):
-                next_token = self._pick(logits[:, -1], temperature, top_k, generator)  # [B, 1]
-                generated.append(next_token)
-                if step + 1 < max_new_tokens:
-                    logits, state = self(next_token, state)
-        finally:
-            self.train(was_training)
-        out = torch.cat(generated, dim=1)
-        return out.squeeze(0) if unbatched else out
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_k: Optional[int],
-              generator: Optional[torch.Generator]) -> torch.Tensor:
-        """The next token ``[B, 1]`` from the last step's ``logits [B, V]``."""
-        if temperature == 0.0 or top_k == 1:
-            return logits.argmax(dim=-1, keepdim=True)
-        logits = logits.float() / temperature
-        if top_k is not None:
-            kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-        probabilities = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probabilities, 1, generator=generator)
+        return _generation.generate(self, "fusednn.models.LSTMLanguageModel.generate", prompt, max_new_tokens,
+                                    temperature, top_k, generator)
 
     def extra_repr(self) -> str:
         return f"layers={self.config.layers!r}, dtype={dtype_name(self.output_bias.dtype)}"

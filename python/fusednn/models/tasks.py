@@ -1,7 +1,8 @@
 """Seeded synthetic tasks for the models, and the short training run of ``python -m fusednn train``.
 
 * ``repeating_sequences``: next-token prediction on short random patterns repeated
-  (``LSTMLanguageModel``): after one period every token is predictable by copying.
+  (``LSTMLanguageModel``, ``LinearTransformerLM``): after one period every token is
+  predictable by copying.
 * ``bit_sequences``: the majority (or parity) of variable-length bit sequences
   (``GRUClassifier``).
 * ``moving_squares``: a square moving at constant velocity and bouncing off the borders
@@ -26,6 +27,7 @@ from .._validate import Args
 from .conv_lstm_predictor import ConvLSTMPredictor, ConvLSTMPredictorConfig
 from .gru_classifier import GRUClassifier, GRUClassifierConfig
 from .inception_net import InceptionNet, InceptionNetConfig
+from .linear_transformer_lm import LinearTransformerLM, LinearTransformerLMConfig
 from .lstm_language_model import LSTMLanguageModel, LSTMLanguageModelConfig
 from .resnet import resnet18
 
@@ -165,7 +167,8 @@ def oriented_bars(batch_size: int, size: int = 32, num_classes: int = 4, noise: 
 class Task:
     """A model with its synthetic task, as ``python -m fusednn train`` runs it.
 
-    build(layers, device): the model (``layers`` ``"fusednn"`` or ``"torch"``).
+    build(layers, device): the model (``layers`` ``"fusednn"`` or ``"torch"``: torch's layers,
+        or where torch has none the same layers on the reference backend).
     batch(batch_size, generator, device): one batch, the arguments of the model's ``loss``.
     units(batch): the tokens, frames or images a batch holds (throughput).
     """
@@ -187,6 +190,10 @@ IMAGE_SIZE, IMAGE_CLASSES = 32, 4
 RESNET_WIDTH, INCEPTION_WIDTH = 16, 8
 
 
+def _repeating(batch_size: int, generator: torch.Generator, device) -> tuple:
+    return repeating_sequences(batch_size, LM_LENGTH, generator=generator, device=device)
+
+
 def _bars(batch_size: int, generator: torch.Generator, device) -> tuple:
     return oriented_bars(batch_size, IMAGE_SIZE, IMAGE_CLASSES, generator=generator, device=device)
 
@@ -198,9 +205,13 @@ TASKS = {
         description=f"LSTMLanguageModel: next token of short random patterns repeated ({LM_LENGTH} tokens)",
         unit="tokens", batch_size=32, steps=150, learning_rate=1e-2,
         build=lambda layers, device: LSTMLanguageModel(LSTMLanguageModelConfig(layers=layers), device=device),
-        batch=lambda batch_size, generator, device: repeating_sequences(batch_size, LM_LENGTH, generator=generator,
-                                                                          device=device),
-        units=lambda batch: batch[0].numel(),
+        batch=_repeating, units=lambda batch: batch[0].numel(),
+    ),
+    "linear_transformer": Task(
+        description=f"LinearTransformerLM: next token of short random patterns repeated ({LM_LENGTH} tokens)",
+        unit="tokens", batch_size=32, steps=150, learning_rate=3e-3,
+        build=lambda layers, device: LinearTransformerLM(LinearTransformerLMConfig(layers=layers), device=device),
+        batch=_repeating, units=lambda batch: batch[0].numel(),
     ),
     "gru-classifier": Task(
         description=f"GRUClassifier: majority of {BIT_LENGTHS[0]} to {BIT_LENGTHS[1]} bits (packed, bidirectional)",
