@@ -11,9 +11,13 @@
   norm, residual add and ReLU fused (``fusednn.nn.conv_bn_act``), channels_last.
 * ``InceptionNet`` / ``InceptionNetConfig``: a small GoogLeNet-style network for 32x32
   images, every convolution a ``fusednn.nn.ConvBNAct``.
+* ``LinearTransformerLM`` / ``LinearTransformerLMConfig``: pre-norm causal linear-attention
+  blocks (``fusednn.nn.LinearAttention``) with fused LayerNorm and a tied output layer;
+  ``generate`` carries each layer's attention state, O(1) per token.
 
-Each builds its recurrent or convolutional layers from fusednn (``layers="fusednn"``) or
-from torch (``layers="torch"``) with the same parameters. ``fusednn.models.tasks`` holds seeded
+Each builds its recurrent, convolutional or attention layers from fusednn
+(``layers="fusednn"``) or from torch (``layers="torch"``; the ConvLSTM and the linear
+attention, which torch lacks, on the reference backend) with the same parameters. ``fusednn.models.tasks`` holds seeded
 synthetic tasks for them and the training run of ``python -m fusednn train``.
 Every name in a model module's ``__all__`` is exported here.
 """
