@@ -74,19 +74,26 @@ from fusednn.kernels._tiles import _head_ptr, _load_tile, _sequence, _store_tile
 
 # Head dims the kernels take (tiles hold a whole head dim, padded to a power of two >= 16).
 MAX_HEAD_DIM = 128
-# Chunk lengths on a GPU: the backward holds S or dS [Dk, Dv] in registers beside the
-# chunk's tiles, so padded head dims above 64 take chunks of 32. Under the interpreter: 32, so
-# that the tests' short sequences (33, 63, 130 positions) span several chunks and the passing
-# of the state from chunk to chunk is exercised (the interpreter's cost is per chunk: each
-# one's operations, not their size).
-FORWARD_CHUNK = 64
-BACKWARD_CHUNK = {64: 64, 128: 32}
+# Chunk lengths on a GPU. Registers bound them, not the arithmetic (the work per position
+# does not grow with shorter chunks): the chunk's [C, D] tiles and [C, C] products sit beside
+# the fp32 states [Dk, Dv] held through the loop (two in the dq kernel: S and the decay's
+# tangent Ṡ), and what exceeds 255 registers per thread spills to local memory. The longest
+# chunks ptxas builds for sm_90a without spilling (bfloat16): forward 64 at head dims up to 64
+# and 32 at 128 (64 spilled 188 bytes), float32 forward 32; backward 16 (32 and 64 spilled
+# 0.3-0.8 KB per thread: the backward holds two states). Under
+# the interpreter: 32, so that the tests' short sequences (33, 63, 130 positions) span several
+# chunks and the passing of the state from chunk to chunk is exercised (the interpreter's cost
+# is per chunk: each one's operations, not their size).
+FORWARD_CHUNK = {64: 64, 128: 32}  # by the larger padded head dim
+FORWARD_CHUNK_FP32 = 32
+BACKWARD_CHUNK = 16
 INTERPRETER_CHUNK = 32
 # Value columns per forward program on a GPU (more programs for short batches; the
-# normalisation's z is recomputed by each).
+# normalisation's z is recomputed by each): 64, or 32 for float32, whose "ieee" dots run on
+# FMA units with their operands in registers (64 spilled 9 KB per thread).
 FORWARD_BLOCK_DV = 64
-# Warps by the larger padded head dim.
-WARPS = {64: 8, 128: 8}
+FORWARD_BLOCK_DV_FP32 = 32
+NUM_WARPS = 8
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -440,15 +447,15 @@ def _block(dim: int) -> int:
 def _config(dim_k: int, dim_v: int, dtype: torch.dtype, on_gpu: bool, backward: bool) -> dict:
     """Chunk, tiles, warps and dot precisions of a launch."""
     block_dk, block_dv = _block(dim_k), _block(dim_v)
-    widest = max(block_dk, block_dv, 64)
     config = dict(BLOCK_DK=block_dk, BLOCK_DV=block_dv, PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                  STATE_LOW=dtype == torch.bfloat16, num_warps=WARPS[widest])
+                  STATE_LOW=dtype == torch.bfloat16, num_warps=NUM_WARPS)
     if not on_gpu:
         return dict(config, CHUNK=INTERPRETER_CHUNK)
     if backward:
-        return dict(config, CHUNK=BACKWARD_CHUNK[widest])
-    return dict(config, CHUNK=FORWARD_CHUNK, BLOCK_DV=min(block_dv, FORWARD_BLOCK_DV),
-                num_warps=WARPS[max(block_dk, 64)])
+        return dict(config, CHUNK=BACKWARD_CHUNK)
+    if dtype == torch.float32:
+        return dict(config, CHUNK=FORWARD_CHUNK_FP32, BLOCK_DV=min(block_dv, FORWARD_BLOCK_DV_FP32))
+    return dict(config, CHUNK=FORWARD_CHUNK[max(block_dk, block_dv, 64)], BLOCK_DV=min(block_dv, FORWARD_BLOCK_DV))
 
 
 def _launch_config(q: torch.Tensor, v: torch.Tensor, backward: bool) -> dict:

@@ -116,19 +116,19 @@ def longformer_layout(n_blocks: int, window_blocks: int, global_block_ids: Seque
     return layout.unsqueeze(0)
 
 
-def layout_to_mask(layout: torch.Tensor, block_size: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
-    """The element mask of a block layout: bool [..., seqlen_q, seqlen_k], True where query i
+def layout_to_mask(layout: torch.Tensor, block_size: int, Tq: int, Tk: int) -> torch.Tensor:
+    """The element mask of a block layout: bool [..., Tq, Tk], True where query i
     may attend to key j, i.e. ``layout[..., i // block_size, j // block_size]``. The layout
-    must cover the lengths: [..., ceil(seqlen_q / block_size), ceil(seqlen_k / block_size)]."""
+    must cover the lengths: [..., ceil(Tq / block_size), ceil(Tk / block_size)]."""
     args = Args("fusednn.ops.sparsity.layout_to_mask")
     args.tensor("layout", layout, "[H, n_query_blocks, n_key_blocks]", dtypes=(torch.bool,), ndim=(2, 3))
     block_size = args.integer("block_size", block_size, minimum=1)
-    seqlen_q = args.integer("seqlen_q", seqlen_q, minimum=0)
-    seqlen_k = args.integer("seqlen_k", seqlen_k, minimum=0)
-    blocks = (-(-seqlen_q // block_size), -(-seqlen_k // block_size))
+    Tq = args.integer("Tq", Tq, minimum=0)
+    Tk = args.integer("Tk", Tk, minimum=0)
+    blocks = (-(-Tq // block_size), -(-Tk // block_size))
     if tuple(layout.shape[-2:]) != blocks:
-        raise args.error("layout", f"[..., ceil(seqlen_q / block_size), ceil(seqlen_k / block_size)] = "
+        raise args.error("layout", f"[..., ceil(Tq / block_size), ceil(Tk / block_size)] = "
                          f"[..., {blocks[0]}, {blocks[1]}]", f"shape {list(layout.shape)}")
-    rows = torch.arange(seqlen_q, device=layout.device) // block_size
-    cols = torch.arange(seqlen_k, device=layout.device) // block_size
+    rows = torch.arange(Tq, device=layout.device) // block_size
+    cols = torch.arange(Tk, device=layout.device) // block_size
     return layout[..., rows[:, None], cols[None, :]]
