@@ -24,16 +24,24 @@ registers. It writes o, den = φQ z + intra row sums ([B, H, T] fp32, for the ba
 normalisation's denominator without eps) and, when asked, the final states.
 
 Backward: with g_i = do_i / (den_i + eps) and gden_i = -(do_i·o_i) / (den_i + eps) the
-gradients of the numerator and denominator (g = do, gden = 0 without normalize), two kernels
-of one program per (sequence, head) over the full head dims, independent of each other:
+gradients of the numerator and denominator (g = do, gden = 0 without normalize), two kernels,
+independent of each other, whose programs each hold one block of the head dims' states:
 
-* ``_chunk_backward_dq_kernel`` sweeps the chunks forward carrying S and z (recomputed, never
-  saved) and writes dφq_i = γ^(i+1) (S_prev g_i + gden_i z_prev) + Σ_{j<=i} γ^(i-j) (g_i·v_j +
-  gden_i) φk_j, and the decay gradient;
-* ``_chunk_backward_dkdv_kernel`` sweeps them backward carrying dS and dz (from the final
-  state's gradient) and writes dφk_j = Σ_{i>=j} γ^(i-j) (g_i·v_j + gden_i) φq_i + γ^(L-1-j)
-  (dS v_j + dz) and dv_j = Σ_{i>=j} γ^(i-j) (φq_i·φk_j) g_i + γ^(L-1-j) dSᵀ φk_j, passing on
-  dS = γ^L dS + Σ_i γ^(i+1) φq_i g_iᵀ; at the start it writes dS_0 and dz_0.
+* ``_chunk_backward_dq_kernel``, one program per (sequence, head, block of Dk rows), sweeps the
+  chunks forward carrying S[kb, :] and z[kb] (recomputed, never saved) and writes
+  dφq_i = γ^(i+1) (S_prev g_i + gden_i z_prev) + Σ_{j<=i} γ^(i-j) (g_i·v_j + gden_i) φk_j on its
+  columns kb, and its share of the decay gradient. Every term but the intra-chunk factor
+  g_i·v_j (a sum over Dv, recomputed by each block) involves only the block's rows;
+* ``_chunk_backward_dkdv_kernel``, one program per (sequence, head, block of Dk rows, block of
+  Dv columns), sweeps them backward carrying dS[kb, vb] and dz[kb] (from the final state's
+  gradient): dφk_j = Σ_{i>=j} γ^(i-j) (g_i·v_j + gden_i) φq_i + γ^(L-1-j) (dS v_j + dz) on
+  columns kb needs all of Dv (WRITE_DK), dv_j = Σ_{i>=j} γ^(i-j) (φq_i·φk_j) g_i + γ^(L-1-j)
+  dSᵀ φk_j on columns vb all of Dk (WRITE_DV); it passes on dS = γ^L dS + Σ_i γ^(i+1) φq_i g_iᵀ
+  and at the start writes dS_0 and dz_0 (with WRITE_DK). A Dk that fits one block takes one
+  launch writing both; a wider one a launch over Dk blocks with every Dv column (dk, dS_0,
+  dz_0) and one over Dv blocks with every Dk row (dv), each gradient written by one program:
+  deterministic, no atomics, no partial sums to add up (splitting dv over Dk blocks would
+  need a float32 [Dk blocks, T, Dv] buffer per head and a reduction pass).
 
 The gradients of q and k go through φ' and scale. Memory stays O(B·H·Dk·Dv) besides the
 inputs: no per-chunk state is saved, the dq kernel recomputes the states the forward had.
@@ -42,7 +50,9 @@ Decay gradient: the dq kernel also carries the tangents Ṡ = dS/dlogγ and ż (
 one scalar logγ: Ṡ = γ^L (Ṡ_prev + L S_prev) + Σ_j (L-1-j) γ^(L-1-j) φk_j v_jᵀ) and sums
 dL/dlogγ = Σ_ij (i-j) A_ij m_ij (the intra-chunk factors; m = (g vᵀ + gden) ⊙ D)
 + Σ_i γ^(i+1) ((i+1) φq_i·dφq_i(inter) + φq_i·(Ṡ_prev g_i + gden_i ż_prev)) + <Ṡ_T, dS_T> +
-<ż_T, dz_T>, one float32 per program (a [N·H] buffer the launcher sums; dL/dγ = that / γ).
+<ż_T, dz_T>: a sum over the Dk rows (A = φQ φKᵀ ⊙ D is one too), so each dq program adds up
+its block's share in float32 (with its rows of Ṡ and ż) into a [N·H, Dk blocks] buffer that
+the launcher sums in a fixed order (dL/dγ = that / γ).
 Every weight in it is chunk-local (<= CHUNK). The identity dL/dlogγ = Σ_t t φq_t·dφq_t -
 Σ_s s φk_s·dφk_s + ... needs no tangent, but its two sums grow with the position t and
 cancel to a fraction of their size (about T / the decay's reach): float32 rounding of the
@@ -72,15 +82,16 @@ from fusednn.kernels import linear_attention_recurrent as _recurrent
 from fusednn.kernels._feature_map import FEATURE_MAP_CODES, feature_map, feature_map_derivative
 from fusednn.kernels._tiles import _head_ptr, _load_tile, _sequence, _store_tile
 
-# Head dims the kernels take (tiles hold a whole head dim, padded to a power of two >= 16).
+# Head dims the kernels take (tiles hold a whole head dim or a backward program's block of
+# one, padded to a power of two >= 16).
 MAX_HEAD_DIM = 128
 # Chunk lengths on a GPU. Registers bound them, not the arithmetic (the work per position
 # does not grow with shorter chunks): the chunk's [C, D] tiles and [C, C] products sit beside
 # the fp32 states [Dk, Dv] held through the loop (two in the dq kernel: S and the decay's
 # tangent Ṡ), and what exceeds 255 registers per thread spills to local memory. The longest
 # chunks ptxas builds for sm_90a without spilling (bfloat16): forward 64 at head dims up to 64
-# and 32 at 128 (64 spilled 188 bytes), float32 forward 32; backward 16 (32 and 64 spilled
-# 0.3-0.8 KB per thread: the backward holds two states). Under
+# and 32 at 128 (64 spilled 188 bytes), float32 forward 32; backward 16 with the head-dim
+# blocks below (32 spilled 24 bytes in the dq build at 128). Under
 # the interpreter: 32, so that the tests' short sequences (33, 63, 130 positions) span several
 # chunks and the passing of the state from chunk to chunk is exercised (the interpreter's cost
 # is per chunk: each one's operations, not their size).
@@ -93,6 +104,15 @@ INTERPRETER_CHUNK = 32
 # FMA units with their operands in registers (64 spilled 9 KB per thread).
 FORWARD_BLOCK_DV = 64
 FORWARD_BLOCK_DV_FP32 = 32
+# Head-dim blocks of the backward programs on a GPU (the module docstring's split): a dq
+# program holds two fp32 state blocks (S and Ṡ) of [32, Dv], a dk (dv) program one of [64, Dv]
+# ([Dk, 64]), the same registers. With BACKWARD_CHUNK (bfloat16) no build spills on sm_90a,
+# nor at head dim 128 on sm_80 (dq blocks of 64 at Dv = 128 spilled 56 bytes on sm_90a, whole
+# head dims 0.2-15 KB); the one-block dk/dv build at 64 spills 244 bytes on sm_80. Under the
+# interpreter 32 for both, so that the tests' head dims 40 and 64 take two blocks.
+BACKWARD_DQ_BLOCK = 32
+BACKWARD_KV_BLOCK = 64
+INTERPRETER_BACKWARD_BLOCK = 32
 NUM_WARPS = 8
 
 
@@ -245,7 +265,7 @@ def _chunk_backward_dq_kernel(
     DSF, DZF,  # [N, H, Dk, Dv], [N, H, Dk] fp32 contiguous: the final states' gradients (if HAS_DSF / HAS_DZF)
     Decay, S0, Z0, Cu,  # as the forward's
     DQ,  # [B, H, T, Dk] strided, q's dtype
-    DecayGrad,  # [N * H] fp32: dL/dlogγ of each (sequence, head) (if DECAY_GRAD)
+    DecayGrad,  # [N * H, Dk blocks] fp32: each program's share of dL/dlogγ (if DECAY_GRAD)
     T, H, dim_k, dim_v, scale, eps,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
@@ -263,7 +283,7 @@ def _chunk_backward_dq_kernel(
     h = nh % H
     start, length, _k_start, _k_len, _shift = _sequence(n, Cu, Cu, T, T, VARLEN, False)
     b = n * (1 - VARLEN)
-    cols_k = tl.arange(0, BLOCK_DK)
+    cols_k = tl.program_id(1) * BLOCK_DK + tl.arange(0, BLOCK_DK)
     cols_v = tl.arange(0, BLOCK_DV)
     Qb = _head_ptr(Q, b, h, start, stride_qb, stride_qh, stride_qt)
     Kb = _head_ptr(K, b, h, start, stride_kb, stride_kh, stride_kt)
@@ -338,7 +358,7 @@ def _chunk_backward_dq_kernel(
             decay_grad += tl.sum(tl.sum(s_dot * tl.load(DSF + state_offsets, mask=state_mask, other=0.0), axis=1))
         if HAS_DZF:
             decay_grad += tl.sum(z_dot * tl.load(DZF + nh * dim_k + cols_k, mask=k_mask, other=0.0))
-        tl.store(DecayGrad + nh, decay_grad)
+        tl.store(DecayGrad + nh * tl.num_programs(1) + tl.program_id(1), decay_grad)
 
 
 @triton.jit
@@ -348,7 +368,7 @@ def _chunk_backward_dkdv_kernel(
     DO,  # [B, H, T, Dv] strided (unit last stride)
     DSF, DZF,  # [N, H, Dk, Dv], [N, H, Dk] fp32 contiguous: the final states' gradients (if HAS_DSF / HAS_DZF)
     Decay, Cu,  # as the forward's
-    DK, DV,  # strided, k's and v's dtype
+    DK, DV,  # strided, k's and v's dtype (if WRITE_DK / WRITE_DV)
     DS0, DZ0,  # fp32 contiguous (if S0_GRAD / Z0_GRAD)
     T, H, dim_k, dim_v, scale, eps,
     stride_qb, stride_qh, stride_qt, stride_qd,
@@ -360,16 +380,18 @@ def _chunk_backward_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvt, stride_dvd,
     PHI: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr, HAS_DECAY: tl.constexpr,
     HAS_DSF: tl.constexpr, HAS_DZF: tl.constexpr, S0_GRAD: tl.constexpr, Z0_GRAD: tl.constexpr,
-    VARLEN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr, STATE_LOW: tl.constexpr,
+    WRITE_DK: tl.constexpr, WRITE_DV: tl.constexpr, VARLEN: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, STATE_LOW: tl.constexpr,
 ):
+    """One program per (sequence, head, block of Dk rows, block of Dv columns) carrying
+    dS[rows, columns]: dk (and dz, dz_0) needs all columns in its block, dv all rows."""
     nh = tl.program_id(0).to(tl.int64)
     n = nh // H
     h = nh % H
     start, length, _k_start, _k_len, _shift = _sequence(n, Cu, Cu, T, T, VARLEN, False)
     b = n * (1 - VARLEN)
-    cols_k = tl.arange(0, BLOCK_DK)
-    cols_v = tl.arange(0, BLOCK_DV)
+    cols_k = tl.program_id(1) * BLOCK_DK + tl.arange(0, BLOCK_DK)
+    cols_v = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
     Qb = _head_ptr(Q, b, h, start, stride_qb, stride_qh, stride_qt)
     Kb = _head_ptr(K, b, h, start, stride_kb, stride_kh, stride_kt)
     Vb = _head_ptr(V, b, h, start, stride_vb, stride_vh, stride_vt)
@@ -393,6 +415,7 @@ def _chunk_backward_dkdv_kernel(
         dz = tl.load(DZF + nh * dim_k + cols_k, mask=k_mask, other=0.0)
     else:
         dz = tl.zeros([BLOCK_DK], dtype=tl.float32)
+    # (gden sums over the block's columns: it and dz are whole only where WRITE_DK)
     if not CAUSAL:  # the states' gradients over the whole sequence first
         for c0 in range(0, length, CHUNK):
             rows = c0 + positions
@@ -407,10 +430,12 @@ def _chunk_backward_dkdv_kernel(
         c0 = (n_chunks - 1 - chunk) * CHUNK
         rows = c0 + positions
         k, fk = _features(Kb, rows, cols_k, stride_kt, stride_kd, length, dim_k, PHI)
-        v = _load_tile(Vb, rows, cols_v, stride_vt, stride_vd, length, dim_v)
         # through the state after the chunk (the whole sequence's without causal)
-        dfk = _state_dot(v.to(tl.float32), tl.trans(ds), dot_type, STATE_LOW, PRECISION) + dz[None, :]
-        dv = _state_dot(fk, ds, dot_type, STATE_LOW, PRECISION)
+        if WRITE_DK:
+            v = _load_tile(Vb, rows, cols_v, stride_vt, stride_vd, length, dim_v)
+            dfk = _state_dot(v.to(tl.float32), tl.trans(ds), dot_type, STATE_LOW, PRECISION) + dz[None, :]
+        if WRITE_DV:
+            dv = _state_dot(fk, ds, dot_type, STATE_LOW, PRECISION)
         if CAUSAL:
             _q, fq = _features(Qb, rows, cols_k, stride_qt, stride_qd, length, dim_k, PHI)
             fq = fq * scale
@@ -419,17 +444,21 @@ def _chunk_backward_dkdv_kernel(
             chunk_len = tl.minimum(length - c0, CHUNK)
             end_lag = tl.maximum(chunk_len - 1 - positions, 0)
             end_decay = tl.where(rows < length, tl.exp2(end_lag.to(tl.float32) * log2_gamma), 0.0)
-            # p[j, i] = γ^(i-j) (g_i·v_j + gden_i) and a[j, i] = γ^(i-j) φk_j·φq_i for i >= j
-            p = (tl.dot(v.to(dot_type), tl.trans(g.to(dot_type)), input_precision=PRECISION) + gden[None, :]) * intra_t
-            a = tl.dot(fk.to(dot_type), tl.trans(fq.to(dot_type)), input_precision=PRECISION) * intra_t
-            dfk = dfk * end_decay[:, None] + tl.dot(p.to(dot_type), fq.to(dot_type), input_precision=PRECISION)
-            dv = dv * end_decay[:, None] + tl.dot(a.to(dot_type), g.to(dot_type), input_precision=PRECISION)
+            if WRITE_DK:  # p[j, i] = γ^(i-j) (g_i·v_j + gden_i) for i >= j
+                p = (tl.dot(v.to(dot_type), tl.trans(g.to(dot_type)), input_precision=PRECISION)
+                     + gden[None, :]) * intra_t
+                dfk = dfk * end_decay[:, None] + tl.dot(p.to(dot_type), fq.to(dot_type), input_precision=PRECISION)
+            if WRITE_DV:  # a[j, i] = γ^(i-j) φk_j·φq_i for i >= j
+                a = tl.dot(fk.to(dot_type), tl.trans(fq.to(dot_type)), input_precision=PRECISION) * intra_t
+                dv = dv * end_decay[:, None] + tl.dot(a.to(dot_type), g.to(dot_type), input_precision=PRECISION)
             chunk_decay = tl.exp2(chunk_len.to(tl.float32) * log2_gamma)
             fq_start = fq * row_decay[:, None]
             ds = ds * chunk_decay + tl.dot(tl.trans(fq_start.to(dot_type)), g.to(dot_type), input_precision=PRECISION)
             dz = dz * chunk_decay + tl.sum(fq_start * gden[:, None], axis=0)
-        _store_tile(DKb, rows, cols_k, stride_dkt, stride_dkd, length, dim_k, dfk * feature_map_derivative(k, PHI))
-        _store_tile(DVb, rows, cols_v, stride_dvt, stride_dvd, length, dim_v, dv)
+        if WRITE_DK:
+            _store_tile(DKb, rows, cols_k, stride_dkt, stride_dkd, length, dim_k, dfk * feature_map_derivative(k, PHI))
+        if WRITE_DV:
+            _store_tile(DVb, rows, cols_v, stride_dvt, stride_dvd, length, dim_v, dv)
     if S0_GRAD:
         tl.store(DS0 + state_offsets, ds, mask=state_mask)
     if Z0_GRAD:
@@ -458,8 +487,22 @@ def _config(dim_k: int, dim_v: int, dtype: torch.dtype, on_gpu: bool, backward: 
     return dict(config, CHUNK=FORWARD_CHUNK[max(block_dk, block_dv, 64)], BLOCK_DV=min(block_dv, FORWARD_BLOCK_DV))
 
 
-def _launch_config(q: torch.Tensor, v: torch.Tensor, backward: bool) -> dict:
-    return _config(q.shape[-1], v.shape[-1], q.dtype, q.device.type == "cuda", backward)
+def _backward_configs(dim_k: int, dim_v: int, dtype: torch.dtype, on_gpu: bool) -> dict[str, dict]:
+    """The backward's launches by name: "dq" over blocks of Dk rows, then "dkdv" (one block of
+    each dim: dk, dv and the initial states' gradients) when Dk fits one block, else "dk" over
+    blocks of Dk rows (dk and the initial states' gradients) and "dv" over blocks of Dv columns."""
+    config = _config(dim_k, dim_v, dtype, on_gpu, backward=True)
+    dq_split, kv_split = (BACKWARD_DQ_BLOCK, BACKWARD_KV_BLOCK) if on_gpu else (INTERPRETER_BACKWARD_BLOCK,) * 2
+    block_dk, block_dv = min(config["BLOCK_DK"], kv_split), min(config["BLOCK_DV"], kv_split)
+    dq = dict(config, BLOCK_DK=min(config["BLOCK_DK"], dq_split))
+    if block_dk == config["BLOCK_DK"]:
+        return dict(dq=dq, dkdv=dict(config, WRITE_DK=True, WRITE_DV=True))
+    return dict(dq=dq, dk=dict(config, BLOCK_DK=block_dk, WRITE_DK=True, WRITE_DV=False),
+                dv=dict(config, BLOCK_DV=block_dv, WRITE_DK=False, WRITE_DV=True))
+
+
+def _on_gpu(q: torch.Tensor) -> bool:
+    return q.device.type == "cuda"
 
 
 def _sequences(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
@@ -478,7 +521,7 @@ def chunk_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torc
     programs = _sequences(q, cu_seqlens) * heads
     if programs == 0:
         return
-    config = _launch_config(q, v, backward=False)
+    config = _config(dim_k, dim_v, q.dtype, _on_gpu(q), backward=False)
     torch.library.wrap_triton(_chunk_forward_kernel)[(programs, triton.cdiv(dim_v, config["BLOCK_DV"]))](
         q, k, v, q if decay is None else decay, q if s0 is None else s0, q if z0 is None else z0,
         q if cu_seqlens is None else cu_seqlens, o, o if den is None else den,
@@ -496,65 +539,78 @@ def chunk_backward(grad_o: torch.Tensor, grad_s: torch.Tensor | None, grad_z: to
                    decay: torch.Tensor | None, s0: torch.Tensor | None, z0: torch.Tensor | None,
                    cu_seqlens: torch.Tensor | None, *, feature_map: str, causal: bool, normalize: bool, scale: float,
                    eps: float, dq: torch.Tensor | None, dk: torch.Tensor | None, dv: torch.Tensor | None,
-                   ds0: torch.Tensor | None, dz0: torch.Tensor | None, decay_grad: torch.Tensor | None) -> None:
-    """Writes the gradients given: dq and decay_grad ([N·H] fp32, dL/dlogγ per sequence and
-    head: sum it over the sequences and divide by γ for dL/dγ) from the dq kernel, which runs
-    when either is given; dk, dv (both or neither), ds0 and dz0 (fp32 contiguous) from the
-    dk/dv kernel, which runs when any is given (then dk and dv must be). grad_o: unit last
-    stride; grad_s / grad_z: fp32 contiguous or None; o and den: the forward's (with
-    normalize); the rest as ``chunk_forward``."""
+                   ds0: torch.Tensor | None, dz0: torch.Tensor | None,
+                   decay_grad: bool) -> torch.Tensor | None:
+    """Writes the gradients given: dq from the dq kernel, which runs when dq is given or with
+    decay_grad; dk, dv (both or neither), ds0 and dz0 (fp32 contiguous) from the dk/dv
+    kernels, which run when any is given (then dk and dv must be). With decay_grad returns
+    dL/dlogγ, float32 [N, H] (the dq programs' shares summed in a fixed order; sum it over the
+    sequences and divide by γ for dL/dγ), else None. grad_o: unit last stride; grad_s /
+    grad_z: fp32 contiguous or None; o and den: the forward's (with normalize); the rest as
+    ``chunk_forward``."""
     heads, length, dim_k = q.shape[1:]
     dim_v = v.shape[-1]
-    programs = _sequences(q, cu_seqlens) * heads
+    sequences = _sequences(q, cu_seqlens)
+    programs = sequences * heads
+    configs = _backward_configs(dim_k, dim_v, q.dtype, _on_gpu(q))
+    k_blocks = triton.cdiv(dim_k, configs["dq"]["BLOCK_DK"])
+    decay_shares = torch.empty(programs, k_blocks, dtype=torch.float32, device=q.device) if decay_grad else None
     if programs == 0:
-        return
-    config = _launch_config(q, v, backward=True)
+        return None if decay_shares is None else decay_shares.view(sequences, heads, k_blocks).sum(-1)
     o = grad_o if o is None else o
     shared = dict(PHI=FEATURE_MAP_CODES[feature_map], CAUSAL=causal, NORMALIZE=normalize,
                   HAS_DECAY=decay is not None, HAS_DSF=grad_s is not None, HAS_DZF=grad_z is not None,
-                  VARLEN=cu_seqlens is not None, **config)
+                  VARLEN=cu_seqlens is not None)
     common = (q, k, v, o, grad_o if den is None else den, grad_o, grad_o if grad_s is None else grad_s,
               grad_o if grad_z is None else grad_z, grad_o if decay is None else decay)
     cu = grad_o if cu_seqlens is None else cu_seqlens
     sizes = (length, heads, dim_k, dim_v, scale, eps)
     strides = (*q.stride(), *k.stride(), *v.stride(), *o.stride(), *grad_o.stride())
-    if dq is not None or decay_grad is not None:
+    if dq is not None or decay_grad:
         dq_out = dq if dq is not None else torch.empty_like(q)
-        torch.library.wrap_triton(_chunk_backward_dq_kernel)[(programs,)](
+        torch.library.wrap_triton(_chunk_backward_dq_kernel)[(programs, k_blocks)](
             *common, grad_o if s0 is None else s0, grad_o if z0 is None else z0, cu, dq_out,
-            grad_o if decay_grad is None else decay_grad, *sizes, *strides, *dq_out.stride(),
-            HAS_S0=s0 is not None, HAS_Z0=z0 is not None, DECAY_GRAD=decay_grad is not None, **shared,
+            grad_o if decay_shares is None else decay_shares, *sizes, *strides, *dq_out.stride(),
+            HAS_S0=s0 is not None, HAS_Z0=z0 is not None, DECAY_GRAD=decay_grad, **shared, **configs["dq"],
         )
     if dk is not None:
-        torch.library.wrap_triton(_chunk_backward_dkdv_kernel)[(programs,)](
-            *common, cu, dk, dv, grad_o if ds0 is None else ds0, grad_o if dz0 is None else dz0,
-            *sizes, *strides, *dk.stride(), *dv.stride(),
-            S0_GRAD=ds0 is not None, Z0_GRAD=dz0 is not None, **shared,
-        )
+        for config in (config for name, config in configs.items() if name != "dq"):
+            initial_grads = config["WRITE_DK"]  # from the launch with every Dv column (dz_0 sums over them)
+            grid = (programs, triton.cdiv(dim_k, config["BLOCK_DK"]), triton.cdiv(dim_v, config["BLOCK_DV"]))
+            torch.library.wrap_triton(_chunk_backward_dkdv_kernel)[grid](
+                *common, cu, dk, dv, grad_o if ds0 is None else ds0, grad_o if dz0 is None else dz0,
+                *sizes, *strides, *dk.stride(), *dv.stride(),
+                S0_GRAD=initial_grads and ds0 is not None, Z0_GRAD=initial_grads and dz0 is not None,
+                **shared, **config,
+            )
+    return None if decay_shares is None else decay_shares.view(sequences, heads, k_blocks).sum(-1)
 
 
 # --------------------------------------------------------------------------- compile check
 
 
 def compile_variants() -> list[CompileVariant]:
-    """The forward and the two backward kernels, causal with decay, normalisation, initial and
+    """The forward and the backward's launches, causal with decay, normalisation, initial and
     final states (every gradient asked for), elu+1, on [B, T, H, D] tensors seen as
     [B, H, T, D] (unit last strides, the others multiples of 16), with the chunks, tiles and
-    warps the launchers pick on a GPU: bfloat16 at Dk = Dv = 64 and 128 (sm_90a and sm_80),
-    and the float32 forward at 64 (its dots run on FMA units); then the recurrent kernels'
-    variants (``algorithm="recurrent"``, listed by their own module)."""
+    warps the launchers pick on a GPU: bfloat16 at Dk = Dv = 64 (dq, dkdv) and 128 (dq, dk,
+    dv) on sm_90a and sm_80, and the float32 forward at 64 (its dots run on FMA units); then
+    the recurrent kernels' variants (``algorithm="recurrent"``, listed by their own module)."""
     fp32 = "*fp32"
     variants = []
-    for dtype, dim, archs, passes in ((torch.bfloat16, 64, (SM90, SM80), ("forward", "dq", "dkdv")),
-                                      (torch.bfloat16, 128, (SM90, SM80), ("forward", "dq", "dkdv")),
-                                      (torch.float32, 64, (SM90,), ("forward",))):
+    for dtype, dim, archs, backward in ((torch.bfloat16, 64, (SM90, SM80), True),
+                                        (torch.bfloat16, 128, (SM90, SM80), True),
+                                        (torch.float32, 64, (SM90,), False)):
         p = "*" + triton_type(dtype)
         strides = tuple(f"stride_{t}{d}" for t in ("q", "k", "v", "o", "do") for d in "bht")
         flags = dict(PHI=FEATURE_MAP_CODES["elu+1"], CAUSAL=True, NORMALIZE=True, HAS_DECAY=True, VARLEN=False,
                      stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
         label = f"{triton_type(dtype)} D={dim}"
-        for kernel_pass in passes:
-            config = _config(dim, dim, dtype, on_gpu=True, backward=kernel_pass != "forward")
+        launches = dict(forward=_config(dim, dim, dtype, on_gpu=True, backward=False))
+        if backward:
+            launches.update(_backward_configs(dim, dim, dtype, on_gpu=True))
+        for kernel_pass, config in launches.items():
+            config = dict(config)
             num_warps = config.pop("num_warps")
             if kernel_pass == "forward":
                 kernel = _chunk_forward_kernel
@@ -572,7 +628,8 @@ def compile_variants() -> list[CompileVariant]:
                 else:
                     kernel = _chunk_backward_dkdv_kernel
                     types.update(DK=p, DV=p, DS0=fp32, DZ0=fp32)
-                    constexprs.update(S0_GRAD=True, Z0_GRAD=True, stride_dkd=1, stride_dvd=1)
+                    constexprs.update(S0_GRAD=config["WRITE_DK"], Z0_GRAD=config["WRITE_DK"], stride_dkd=1,
+                                      stride_dvd=1)
                     divisible = strides + tuple(f"stride_d{t}{d}" for t in "kv" for d in "bht")
             variants.append(CompileVariant(
                 name=f"linear_attention chunk {kernel_pass} {label}", kernel=kernel.__name__,

@@ -127,7 +127,8 @@ def linear_attention_chunk_backward(
 
     grad_o: [B, H, T, Dv] any strides; grad_s / grad_z: the final states' gradients or None
     (no gradient reaches them); o and den: the forward's outputs (needed with normalize).
-    The decay gradient is reduced in float32 from one value per (sequence, head) (no atomics).
+    The decay gradient is reduced in float32 from one value per (sequence, head, block of Dk)
+    (no atomics).
     """
     for flag, name, needed in ((decay_grad, "decay", decay), (s0_grad, "s0", s0), (z0_grad, "z0", z0)):
         if flag and needed is None:
@@ -137,24 +138,23 @@ def linear_attention_chunk_backward(
     decay_grad = decay_grad and causal  # without causal the decay does not apply
     s_shape, z_shape = _state_shapes(q, v, cu_seqlens)
     f32 = dict(dtype=torch.float32, device=q.device)
-    run_dkdv = kv_grad or s0_grad or z0_grad  # one kernel writes dk, dv and the initial states' gradients
+    run_dkdv = kv_grad or s0_grad or z0_grad  # the dk/dv kernel writes dk, dv and the initial states' gradients
     dq = _like_heads(q, q.shape[-1], _runtime.empty) if q_grad else None
     dk = _like_heads(k, k.shape[-1], _runtime.empty) if run_dkdv else None
     dv = _like_heads(v, v.shape[-1], _runtime.empty) if run_dkdv else None
     ds0 = _runtime.empty(s_shape, **f32) if s0_grad else None
     dz0 = _runtime.empty(z_shape, **f32) if z0_grad else None
-    dlog_decay = _runtime.empty(s_shape[0] * s_shape[1], **f32) if decay_grad else None
     grad_o = _runtime.unit_last_stride(grad_o)
     grad_s, grad_z = _float32_contiguous(grad_s), _float32_contiguous(grad_z)
-    _kernels.chunk_backward(grad_o, grad_s, grad_z, q, k, v, o, den, decay, _float32_contiguous(s0),
-                            _float32_contiguous(z0), cu_seqlens, feature_map=feature_map, causal=causal,
-                            normalize=normalize, scale=scale, eps=eps, dq=dq, dk=dk, dv=dv, ds0=ds0, dz0=dz0,
-                            decay_grad=dlog_decay)
+    dlog_decay = _kernels.chunk_backward(
+        grad_o, grad_s, grad_z, q, k, v, o, den, decay, _float32_contiguous(s0), _float32_contiguous(z0), cu_seqlens,
+        feature_map=feature_map, causal=causal, normalize=normalize, scale=scale, eps=eps, dq=dq, dk=dk, dv=dv,
+        ds0=ds0, dz0=dz0, decay_grad=decay_grad)
     empty = q.new_empty(0)
     ddecay = empty.clone()
     if decay is not None and decay_grad:
         # dL/dγ = dL/dlogγ / γ, summed over the sequences
-        ddecay = (dlog_decay.view(s_shape[0], s_shape[1]).sum(0) / decay.float()).to(decay.dtype)
+        ddecay = (dlog_decay.sum(0) / decay.float()).to(decay.dtype)
     return (
         dq if q_grad else empty.clone(),
         dk if kv_grad else empty.clone(),
