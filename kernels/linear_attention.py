@@ -120,6 +120,24 @@ NUM_WARPS = 8
 
 
 @triton.jit
+def _program_sequence(Cu, H, T, VARLEN: tl.constexpr):
+    """This program's (sequence, head) index nh = n * H + h (axis 0, int64), its head h, batch
+    entry b (0 for packed input) and its sequence's first row and length."""
+    nh = tl.program_id(0).to(tl.int64)
+    n = nh // H
+    start, length, _k_start, _k_len, _shift = _sequence(n, Cu, Cu, T, T, VARLEN, False)
+    return nh, nh % H, n * (1 - VARLEN), start, length
+
+
+@triton.jit
+def _state_tile(nh, cols_k, cols_v, dim_k, dim_v):
+    """Mask and offsets of the rows cols_k and columns cols_v of (sequence, head) nh's state in
+    a contiguous [N, H, Dk, Dv] tensor."""
+    mask = (cols_k[:, None] < dim_k) & (cols_v[None, :] < dim_v)
+    return mask, nh * dim_k * dim_v + cols_k[:, None] * dim_v + cols_v[None, :]
+
+
+@triton.jit
 def _features(base, rows, cols, stride_t, stride_d, n_rows, n_cols, PHI: tl.constexpr):
     """(x, φ(x)) fp32 [len(rows), len(cols)] of a tile, φ(x) zeroed outside [n_rows, n_cols]
     (padding must not count: φ(0) = 1 for elu+1)."""
@@ -188,11 +206,7 @@ def _chunk_forward_kernel(
     CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
     STATE_LOW: tl.constexpr,
 ):
-    nh = tl.program_id(0).to(tl.int64)
-    n = nh // H
-    h = nh % H
-    start, length, _k_start, _k_len, _shift = _sequence(n, Cu, Cu, T, T, VARLEN, False)
-    b = n * (1 - VARLEN)
+    nh, h, b, start, length = _program_sequence(Cu, H, T, VARLEN)
     cols_k = tl.arange(0, BLOCK_DK)
     cols_v = tl.program_id(1) * BLOCK_DV + tl.arange(0, BLOCK_DV)
     Qb = _head_ptr(Q, b, h, start, stride_qb, stride_qh, stride_qt)
@@ -200,8 +214,7 @@ def _chunk_forward_kernel(
     Vb = _head_ptr(V, b, h, start, stride_vb, stride_vh, stride_vt)
     Ob = _head_ptr(O, b, h, start, stride_ob, stride_oh, stride_ot)
     Denb = Den + (b * H + h) * T + start
-    state_mask = (cols_k[:, None] < dim_k) & (cols_v[None, :] < dim_v)
-    state_offsets = nh * dim_k * dim_v + cols_k[:, None] * dim_v + cols_v[None, :]
+    state_mask, state_offsets = _state_tile(nh, cols_k, cols_v, dim_k, dim_v)
     if HAS_S0:
         s = tl.load(S0 + state_offsets, mask=state_mask, other=0.0)
     else:
@@ -278,11 +291,7 @@ def _chunk_backward_dq_kernel(
     DECAY_GRAD: tl.constexpr, VARLEN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr, STATE_LOW: tl.constexpr,
 ):
-    nh = tl.program_id(0).to(tl.int64)
-    n = nh // H
-    h = nh % H
-    start, length, _k_start, _k_len, _shift = _sequence(n, Cu, Cu, T, T, VARLEN, False)
-    b = n * (1 - VARLEN)
+    nh, h, b, start, length = _program_sequence(Cu, H, T, VARLEN)
     cols_k = tl.program_id(1) * BLOCK_DK + tl.arange(0, BLOCK_DK)
     cols_v = tl.arange(0, BLOCK_DV)
     Qb = _head_ptr(Q, b, h, start, stride_qb, stride_qh, stride_qt)
@@ -293,8 +302,7 @@ def _chunk_backward_dq_kernel(
     DQb = _head_ptr(DQ, b, h, start, stride_dqb, stride_dqh, stride_dqt)
     Denb = Den + (b * H + h) * T + start
     k_mask = cols_k < dim_k
-    state_mask = k_mask[:, None] & (cols_v[None, :] < dim_v)
-    state_offsets = nh * dim_k * dim_v + cols_k[:, None] * dim_v + cols_v[None, :]
+    state_mask, state_offsets = _state_tile(nh, cols_k, cols_v, dim_k, dim_v)
     log2_gamma, positions, lag, intra, row_decay = _decay_masks(Decay, h, CHUNK, HAS_DECAY)
     dot_type: tl.constexpr = Q.dtype.element_ty
     if HAS_S0:
@@ -385,11 +393,7 @@ def _chunk_backward_dkdv_kernel(
 ):
     """One program per (sequence, head, block of Dk rows, block of Dv columns) carrying
     dS[rows, columns]: dk (and dz, dz_0) needs all columns in its block, dv all rows."""
-    nh = tl.program_id(0).to(tl.int64)
-    n = nh // H
-    h = nh % H
-    start, length, _k_start, _k_len, _shift = _sequence(n, Cu, Cu, T, T, VARLEN, False)
-    b = n * (1 - VARLEN)
+    nh, h, b, start, length = _program_sequence(Cu, H, T, VARLEN)
     cols_k = tl.program_id(1) * BLOCK_DK + tl.arange(0, BLOCK_DK)
     cols_v = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
     Qb = _head_ptr(Q, b, h, start, stride_qb, stride_qh, stride_qt)
@@ -401,8 +405,7 @@ def _chunk_backward_dkdv_kernel(
     DVb = _head_ptr(DV, b, h, start, stride_dvb, stride_dvh, stride_dvt)
     Denb = Den + (b * H + h) * T + start
     k_mask = cols_k < dim_k
-    state_mask = k_mask[:, None] & (cols_v[None, :] < dim_v)
-    state_offsets = nh * dim_k * dim_v + cols_k[:, None] * dim_v + cols_v[None, :]
+    state_mask, state_offsets = _state_tile(nh, cols_k, cols_v, dim_k, dim_v)
     log2_gamma, positions, lag, _intra, row_decay = _decay_masks(Decay, h, CHUNK, HAS_DECAY)
     # the transposed mask: intra_t[j, i] = γ^(i-j) for i >= j
     intra_t = tl.where(lag <= 0, tl.exp2(tl.maximum(-lag, 0).to(tl.float32) * log2_gamma), 0.0)

@@ -36,7 +36,7 @@ from .._runtime import use_backend
 from .._validate import Args, describe, dtype_name, shape_of
 from ..nn.linear_attention import DECAYS
 from ..reference.linear_attention import FEATURE_MAPS
-from . import _generation
+from . import _language_model
 from ._checks import INDEX_DTYPES, LAYERS, check_token_range
 
 __all__ = ["LinearTransformerLM", "LinearTransformerLMConfig"]
@@ -178,12 +178,7 @@ class LinearTransformerLM(torch.nn.Module):
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of predicting ``targets [B, T]`` (usually the tokens shifted by
         one) from ``tokens [B, T]``, starting from a zero state; a scalar."""
-        args = Args("fusednn.models.LinearTransformerLM.loss")
-        args.tensor("targets", targets, "[B, T]", dtypes=INDEX_DTYPES)
-        if isinstance(tokens, torch.Tensor) and targets.shape != tokens.shape:
-            raise args.error("targets", f"of the tokens' shape {tuple(tokens.shape)}", shape_of(targets))
-        logits, _ = self(tokens)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return _language_model.next_token_loss(self, "fusednn.models.LinearTransformerLM.loss", tokens, targets)
 
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -199,7 +194,7 @@ class LinearTransformerLM(torch.nn.Module):
         the same cost at every position). Runs in eval mode (no dropout) and restores the
         module's mode afterwards.
         """
-        return _generation.generate(self, "fusednn.models.LinearTransformerLM.generate", prompt, max_new_tokens,
+        return _language_model.generate(self, "fusednn.models.LinearTransformerLM.generate", prompt, max_new_tokens,
                                     temperature, top_k, generator)
 
     def extra_repr(self) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import nn as fused_nn
 from .._validate import Args, describe, dtype_name, shape_of
-from . import _generation
+from . import _language_model
 from ._checks import INDEX_DTYPES, LAYERS, check_token_range
 
 __all__ = ["LSTMLanguageModel", "LSTMLanguageModelConfig"]
@@ -107,12 +107,7 @@ class LSTMLanguageModel(torch.nn.Module):
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of predicting ``targets [B, T]`` (usually the tokens shifted by
         one) from ``tokens [B, T]``, starting from a zero state; a scalar."""
-        args = Args("fusednn.models.LSTMLanguageModel.loss")
-        args.tensor("targets", targets, "[B, T]", dtypes=INDEX_DTYPES)
-        if isinstance(tokens, torch.Tensor) and targets.shape != tokens.shape:
-            raise args.error("targets", f"of the tokens' shape {tuple(tokens.shape)}", shape_of(targets))
-        logits, _ = self(tokens)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return _language_model.next_token_loss(self, "fusednn.models.LSTMLanguageModel.loss", tokens, targets)
 
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -127,7 +122,7 @@ class LSTMLanguageModel(torch.nn.Module):
         LSTM step from the carried state (no recomputation of the sequence). Runs in eval
         mode (no dropout) and restores the module's mode afterwards.
         """
-        return _generation.generate(self, "fusednn.models.LSTMLanguageModel.generate", prompt, max_new_tokens,
+        return _language_model.generate(self, "fusednn.models.LSTMLanguageModel.generate", prompt, max_new_tokens,
                                     temperature, top_k, generator)
 
     def extra_repr(self) -> str:

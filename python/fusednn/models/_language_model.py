@@ -1,14 +1,26 @@
-"""Generation the language models share: argument checks, the decoding loop carrying the
-model's state from token to token, and the choice of each next token."""
+"""What the language models share: their loss, and generation (argument checks, the decoding
+loop carrying the model's state from token to token, and the choice of each next token)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .._validate import Args, describe, shape_of
 from ._checks import INDEX_DTYPES
+
+
+def next_token_loss(model: torch.nn.Module, where: str, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``model.loss``: mean cross-entropy of the logits of ``model(tokens)`` against ``targets``
+    (the same shape as tokens); ``where`` names the method in errors."""
+    args = Args(where)
+    args.tensor("targets", targets, "[B, T]", dtypes=INDEX_DTYPES)
+    if isinstance(tokens, torch.Tensor) and targets.shape != tokens.shape:
+        raise args.error("targets", f"of the tokens' shape {tuple(tokens.shape)}", shape_of(targets))
+    logits, _ = model(tokens)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 @torch.no_grad()
